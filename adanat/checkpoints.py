@@ -1,0 +1,105 @@
+"""Reading model weights safely and loading them strictly into our modules.
+
+Files are read as safetensors, or with ``torch.load(weights_only=True)`` (never full pickle).
+A dict wrapped under ``state_dict`` (the VQGAN release) is unwrapped. Every failure is a
+:class:`CheckpointError` with a one-line message that names the file and, for key mismatches,
+the first few missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from adanat.models.enat import ENAT, ENATConfig
+from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from a ``.safetensors`` file or a torch file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            sd = load_file(str(path))
+        else:
+            sd = _torch_load(path)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a torch file of plain tensors "
+            "(only weights_only=True loading is allowed)"
+        ) from None
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return sd
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``; memory-mapped when the file format allows."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_keys(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the module's keys and shapes."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{what} keys do not match the preset: {'; '.join(parts)}")
+    for k, shape in expected.items():
+        if tuple(state_dict[k].shape) != shape:
+            raise CheckpointError(
+                f"{what} tensor {k} has shape {tuple(state_dict[k].shape)}, the preset expects {shape}"
+            )
+
+
+def _load(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> nn.Module:
+    check_keys(module, state_dict, what)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    module.load_state_dict(sd, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def load_generator(
+    source: str | Path | dict[str, Tensor], config: ENATConfig, device: torch.device | str = "cpu"
+) -> ENAT:
+    """An ENAT built on the meta device and filled from ``source`` (path or state dict)."""
+    sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
+    with torch.device("meta"):
+        model = ENAT(config)
+    return _load(model, sd, "generator").to(device)
+
+
+def load_tokenizer(
+    source: str | Path | dict[str, Tensor], config: VQGANConfig, device: torch.device | str = "cpu"
+) -> MaskGITVQGAN:
+    """A MaskGIT VQGAN built on the meta device and filled from ``source`` (path or state dict)."""
+    sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
+    with torch.device("meta"):
+        model = MaskGITVQGAN(config)
+    return _load(model, sd, "tokenizer").to(device)

@@ -1,0 +1,61 @@
+"""Writing results so that a failure leaves nothing partial behind.
+
+Files are written into a hidden staging folder beside the destination and moved into place only
+when everything succeeded; a destination that already holds files is never overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+
+class OutputError(ValueError):
+    """An output location that cannot be used."""
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse a destination that is a file or a folder that already holds files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"output {out} already exists and is not an empty folder")
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a staging folder; on success its files move to ``out``, on failure it is removed."""
+    out = Path(out)
+    check_output_dir(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {out.parent}: {e.strerror}") from None
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        check_output_dir(out)
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_images(images: Tensor, folder: Path, names: list[str]) -> None:
+    """One PNG per image ``(B, 3, H, W)`` in [0, 1]."""
+    for image, name in zip(images, names, strict=True):
+        save_image(image, folder / name)
+
+
+def save_grid(images: Tensor, path: Path, nrow: int | None = None) -> None:
+    """A grid PNG of images ``(B, 3, H, W)`` in [0, 1], near-square by default."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    save_image(make_grid(images, nrow=nrow, padding=2, pad_value=1.0), path)

@@ -1,0 +1,52 @@
+"""Explicit random streams.
+
+Every random draw in adanat takes a ``torch.Generator``. Generation code accepts either one
+generator for the whole batch or one generator per row; with per-row generators a row's draws do
+not depend on the other rows, so a row generated in a batch equals the same row generated alone
+(what the batched RL environment relies on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def row_generators(seed: int, rows: int, device: torch.device | str = "cpu", offset: int = 0) -> list[torch.Generator]:
+    """Independent generators for rows ``offset .. offset+rows-1`` of a run seeded with ``seed``.
+
+    Row ``i`` always gets the same stream for the same ``seed``, whatever the batch it is in.
+    """
+    out = []
+    for i in range(offset, offset + rows):
+        state = np.random.SeedSequence([seed, i]).generate_state(2, dtype=np.uint32)
+        g = torch.Generator(device=device)
+        g.manual_seed(int(state[0]) << 32 | int(state[1]))
+        out.append(g)
+    return out
+
+
+def uniform(
+    rows: int, shape: Sequence[int], generators: Generators, device: torch.device
+) -> torch.Tensor:
+    """Uniform draws in ``(0, 1)`` of shape ``(rows, *shape)``, from one generator for the batch
+    or one generator per row."""
+    tiny = torch.finfo(torch.float32).tiny
+    if isinstance(generators, torch.Generator):
+        u = torch.rand((rows, *shape), generator=generators, device=device)
+    else:
+        if len(generators) != rows:
+            raise ValueError(f"{len(generators)} generators for {rows} rows")
+        u = torch.stack([torch.rand(tuple(shape), generator=g, device=device) for g in generators])
+    return u.clamp_(min=tiny)
+
+
+def gumbel(
+    rows: int, shape: Sequence[int], generators: Generators, device: torch.device
+) -> torch.Tensor:
+    """Standard Gumbel noise of shape ``(rows, *shape)``, drawn as :func:`uniform`."""
+    return -torch.log(-torch.log(uniform(rows, shape, generators, device)))

@@ -1,0 +1,49 @@
+"""Shared helpers: the copied parity fixtures and tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adanat.models.enat import ENAT, ENATConfig
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import model_preset
+
+DATA = Path(__file__).parent / "data"
+
+
+def fixture_tensors(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model state dict, other tensors) of a parity fixture."""
+    tensors = load_file(str(DATA / name))
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return model, rest
+
+
+def random_enat(config: ENATConfig, seed: int = 0) -> ENAT:
+    """An ENAT with every parameter random (no zero gate), in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    model = ENAT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.15 if p.dim() > 1 else 0.05))
+    return model
+
+
+@pytest.fixture
+def tiny_preset():
+    return model_preset("tiny")
+
+
+@pytest.fixture
+def tiny_enat(tiny_preset) -> ENAT:
+    return random_enat(tiny_preset.generator)
+
+
+@pytest.fixture
+def tiny_vqgan(tiny_preset) -> MaskGITVQGAN:
+    torch.manual_seed(0)
+    return MaskGITVQGAN(tiny_preset.tokenizer).eval()
