@@ -30,10 +30,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            sd = load_file(str(path))
-        else:
-            sd = _torch_load(path)
+        sd = load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a torch file of plain tensors "

@@ -16,7 +16,9 @@ import torch
 Generators = torch.Generator | Sequence[torch.Generator]
 
 
-def row_generators(seed: int, rows: int, device: torch.device | str = "cpu", offset: int = 0) -> list[torch.Generator]:
+def row_generators(
+    seed: int, rows: int, device: torch.device | str = "cpu", offset: int = 0
+) -> list[torch.Generator]:
     """Independent generators for rows ``offset .. offset+rows-1`` of a run seeded with ``seed``.
 
     Row ``i`` always gets the same stream for the same ``seed``, whatever the batch it is in.
@@ -30,9 +32,7 @@ def row_generators(seed: int, rows: int, device: torch.device | str = "cpu", off
     return out
 
 
-def uniform(
-    rows: int, shape: Sequence[int], generators: Generators, device: torch.device
-) -> torch.Tensor:
+def uniform(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
     """Uniform draws in ``(0, 1)`` of shape ``(rows, *shape)``, from one generator for the batch
     or one generator per row."""
     tiny = torch.finfo(torch.float32).tiny
@@ -45,8 +45,6 @@ def uniform(
     return u.clamp_(min=tiny)
 
 
-def gumbel(
-    rows: int, shape: Sequence[int], generators: Generators, device: torch.device
-) -> torch.Tensor:
+def gumbel(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
     """Standard Gumbel noise of shape ``(rows, *shape)``, drawn as :func:`uniform`."""
     return -torch.log(-torch.log(uniform(rows, shape, generators, device)))

@@ -214,6 +214,7 @@ def generate(
     generators: Generators,
     tokenizer: MaskGITVQGAN | None = None,
     on_step: Callable[[int], None] | None = None,
+    reuse: bool = True,
 ) -> Generation:
     """Generate one image per label in ``steps`` NAT steps.
 
@@ -224,6 +225,8 @@ def generate(
     :param generators: one generator for the batch, or one per row (reproducible per row).
     :param tokenizer: decodes the final ids into images when given.
     :param on_step: called with the step index after each step (progress bars).
+    :param reuse: hand each branch's features to its next step (ENAT's computation reuse);
+        False re-encodes every visible token at every step.
     """
     cfg = model.config
     b = labels.shape[0]
@@ -238,7 +241,8 @@ def generate(
         ids, sampled = select_tokens(
             ids, fwd.cond_logits, fwd.uncond_logits, controls, generators, cfg.mask_id
         )
-        cond_state, uncond_state = fwd.cond_state, fwd.uncond_state
+        if reuse:
+            cond_state, uncond_state = fwd.cond_state, fwd.uncond_state
         trace.append(controls.stack().float())
         counts.append((ids == cfg.mask_id).sum(dim=1))
         if on_step is not None:

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import DATA
 
 from adanat.schedules import (
     Schedule,
@@ -14,7 +15,6 @@ from adanat.schedules import (
     cosine_schedule,
     load_schedule,
 )
-from conftest import DATA
 
 
 def test_builtins_are_listed():
@@ -53,7 +53,7 @@ def test_cosine_any_steps():
     for t in (1, 4, 12):
         s = load_schedule("cosine", steps=t)
         assert s.steps == t and s.mask_ratio[-1] == 0.0
-        assert all(a > b for a, b in zip(s.mask_ratio, s.mask_ratio[1:]))
+        assert all(a > b for a, b in zip(s.mask_ratio[:-1], s.mask_ratio[1:], strict=True))
 
 
 def test_json_round_trip(tmp_path):

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import DATA, fixture_tensors
 
 from adanat.checkpoints import CheckpointError, load_tokenizer
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import tokenizer_config
-from conftest import DATA, fixture_tensors
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,10 @@ def test_decode_matches_the_official_output(parity):
     assert (model.decode_raw(t["ids"]) - t["decoded"]).abs().max() <= 1e-4
     images = model.decode(t["ids"])
     assert images.min() >= 0 and images.max() <= 1
-    assert torch.equal(images, t["decoded"].clamp(0, 1)) or (images - t["decoded"].clamp(0, 1)).abs().max() <= 1e-4
+    assert (
+        torch.equal(images, t["decoded"].clamp(0, 1))
+        or (images - t["decoded"].clamp(0, 1)).abs().max() <= 1e-4
+    )
 
 
 def test_release_key_list_loads_strictly():
@@ -57,7 +60,9 @@ def test_mismatched_file_names_the_keys(parity, tmp_path):
     del bad["quantize.embedding.weight"]
     path = tmp_path / "bad.pth"
     torch.save(bad, path)
-    with pytest.raises(CheckpointError, match=r"missing \(e\.g\. quantize\.embedding\.weight\).*extra\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \(e\.g\. quantize\.embedding\.weight\).*extra\.weight"
+    ):
         load_tokenizer(path, tokenizer_config("vqgan-tiny"))
 
 

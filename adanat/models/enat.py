@@ -81,9 +81,7 @@ class ReuseState:
     @staticmethod
     def cat(states: list[ReuseState]) -> ReuseState:
         """Stack the states of several batches along the row axis."""
-        return ReuseState(
-            torch.cat([s.feat for s in states]), torch.cat([s.masking for s in states])
-        )
+        return ReuseState(torch.cat([s.feat for s in states]), torch.cat([s.masking for s in states]))
 
 
 @dataclass
@@ -166,9 +164,7 @@ class ENATBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 8 * dim))
 
-    def forward(
-        self, x: Tensor, c: Tensor, ctx: Tensor | None, attn_mask: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, ctx: Tensor | None, attn_mask: Tensor | None) -> Tensor:
         """``x`` (B, N, D) self rows, ``c`` (B, D) condition, ``ctx`` (B, M, D) or None."""
         (shift_s, scale_s, shift_c, scale_c, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (
             self.adaLN_modulation(c).chunk(8, dim=1)
@@ -294,9 +290,7 @@ class ENAT(nn.Module):
         self.prev_embedder = Mlp(d, 4 * d)
         self.prev_proj = PrevProj(d)
         depth = config.encoder_layers + config.decoder_layers
-        self.blocks = nn.ModuleList(
-            ENATBlock(d, config.heads, config.mlp_ratio) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(ENATBlock(d, config.heads, config.mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(d)
         self.mlm_layer = MlmHead(d, vocab)
         self.reset_parameters()
@@ -330,7 +324,7 @@ class ENAT(nn.Module):
         :param prev: reuse state of this branch's previous step; its masked set must contain
             the current one. None encodes every visible token.
         """
-        b, length = ids.shape
+        length = ids.shape[1]
         x = self.x_embedder(ids)  # (B, L, D)
         c = self.y_embedder(labels)  # (B, D)
         masking = ids == self.config.mask_id  # (B, L)

@@ -1,0 +1,200 @@
+"""Generation cost, measured side by side in one run on the machine at hand.
+
+Prints, per image at T steps with guidance (both branches):
+
+* computation reuse vs no reuse on the same model: FLOPs and wall time, and how much of the
+  FLOP saving shows up as wall-time speed-up (target >= 0.9);
+* per-sample (ragged) schedules vs one shared schedule: FLOPs and wall time (target <= 1.10x),
+  beside the per-row loop that ragged batching replaces;
+* FLOPs of one ENAT-L in256 T=8 generation with guidance at batch 1 (random weights),
+  generator and VQ decoder apart, next to the paper's 0.3 TFLOPs.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2
+FLOPs; the MAC column halves it (papers often call MACs "FLOPs").
+
+    python benchmarks/generation.py                # defaults: enat-s-in256, batch 8, T=8
+    python benchmarks/generation.py --quick        # tiny model, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from adanat.models.enat import ENAT
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import generator_config, model_preset, tokenizer_config
+from adanat.rng import row_generators
+from adanat.sampling import Controller, Controls, GenerationState, ScheduleController, generate
+from adanat.schedules import Schedule, load_schedule
+
+PAPER_ENAT_L_T8_TFLOPS = 0.3
+
+
+class JitteredSchedule:
+    """Per-sample controller: each row's mask ratios are the base ones shifted by its own offset,
+    so rows carry different numbers of masked and newly revealed tokens at every step."""
+
+    def __init__(self, base: Schedule, batch: int, spread: float, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        table = base.tensor().expand(batch, -1, -1).clone()  # (B, T, 4)
+        offsets = (torch.rand(batch, 1, generator=gen) * 2 - 1) * spread  # (B, 1)
+        table[:, :-1, 0] = (table[:, :-1, 0] + offsets).clamp(0.0, 0.99)
+        self.table = table
+
+    def __call__(self, state: GenerationState) -> Controls:
+        rows = self.table[: state.ids.shape[0], state.step]  # (B, 4)
+        return Controls.from_tensor(rows.to(state.ids.device))
+
+
+def random_enat(name: str, device: torch.device, seed: int = 0) -> ENAT:
+    """An ENAT with random weights and non-zero modulation (all paths active)."""
+    torch.manual_seed(seed)
+    model = ENAT(generator_config(name))
+    for block in model.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
+    return model.eval().to(device)
+
+
+def flops_of(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def wall_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median seconds over ``repeats`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    torch.set_grad_enabled(False)
+    model = random_enat(args.preset, device)
+    cfg = model.config
+    steps, b = args.steps, args.batch
+    base = load_schedule("enat", steps=steps)
+    shared = ScheduleController(base)
+    ragged = JitteredSchedule(base, b, spread=args.spread, seed=1)
+    labels = torch.arange(b, device=device) % cfg.num_classes
+
+    def gen(controller: Controller, reuse: bool = True, rows: torch.Tensor = labels, off: int = 0):
+        return generate(
+            model, rows, controller, steps, row_generators(0, len(rows), device, off), reuse=reuse
+        )
+
+    def per_row_loop():
+        for r in range(b):
+            row_ctrl = ScheduleController(_row_schedule(ragged, r))
+            gen(row_ctrl, rows=labels[r : r + 1], off=r)
+
+    cases = {
+        "shared schedule, reuse": lambda: gen(shared),
+        "shared schedule, no reuse": lambda: gen(shared, reuse=False),
+        "per-sample schedules (ragged batch)": lambda: gen(ragged),
+        "per-sample schedules (loop over rows)": per_row_loop,
+    }
+    flops = {k: flops_of(fn) / b for k, fn in cases.items()}
+    times = {k: wall_time(fn, args.repeats, device) / b for k, fn in cases.items()}
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"model: {args.preset} (random weights), batch {b}, T={steps}, guidance on (2 branches), "
+        f"ragged mask-ratio spread +-{args.spread}"
+    )
+    print()
+    print(f"{'case':40s} {'GFLOPs/img':>11s} {'GMACs/img':>10s} {'ms/img':>9s}")
+    for k in cases:
+        print(f"{k:40s} {flops[k] / 1e9:11.3f} {flops[k] / 2e9:10.3f} {times[k] * 1e3:9.1f}")
+    print()
+    flop_ratio = flops["shared schedule, no reuse"] / flops["shared schedule, reuse"]
+    speedup = times["shared schedule, no reuse"] / times["shared schedule, reuse"]
+    print(
+        f"reuse: FLOP ratio (no reuse / reuse) {flop_ratio:.2f}x, wall-time speed-up {speedup:.2f}x, "
+        f"speed-up / FLOP ratio {speedup / flop_ratio:.2f} (target >= 0.90)"
+    )
+    ragged_ratio = times["per-sample schedules (ragged batch)"] / times["shared schedule, reuse"]
+    loop_ratio = times["per-sample schedules (loop over rows)"] / times["shared schedule, reuse"]
+    ragged_flops = flops["per-sample schedules (ragged batch)"] / flops["shared schedule, reuse"]
+    print(
+        f"ragged: time vs shared schedule {ragged_ratio:.2f}x (target <= 1.10), "
+        f"FLOPs vs shared {ragged_flops:.2f}x; "
+        f"per-row loop {loop_ratio:.2f}x"
+    )
+
+    if not args.skip_large:
+        print()
+        large_flops(args.large_preset, device)
+
+
+def _row_schedule(ctrl: JitteredSchedule, row: int) -> Schedule:
+    t = ctrl.table[row]
+    return Schedule("row", *(tuple(t[:, j].tolist()) for j in range(4)))
+
+
+def large_flops(name: str, device: torch.device) -> None:
+    """FLOPs of one guided T=8 generation at batch 1 with random weights, generator and decoder apart."""
+    preset = model_preset(name)
+    model = random_enat(name, device)
+    tokenizer = MaskGITVQGAN(tokenizer_config("maskgit-vqgan-f16")).eval().to(device)
+    schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
+    labels = torch.tensor([207], device=device)
+    out = {}
+    gen_flops = flops_of(
+        lambda: out.setdefault("g", generate(model, labels, schedule, 8, row_generators(0, 1, device)))
+    )
+    grid = preset.generator.grid
+    dec_flops = flops_of(lambda: tokenizer.decode(out["g"].ids.reshape(1, grid, grid)))
+    noreuse = flops_of(
+        lambda: generate(model, labels, schedule, 8, row_generators(0, 1, device), reuse=False)
+    )
+    total = gen_flops + dec_flops
+    print(f"{name}, T=8, guidance, batch 1 (random weights):")
+    print(f"  generator (reuse)     {gen_flops / 1e12:.3f} TFLOPs = {gen_flops / 2e12:.3f} TMACs")
+    print(f"  generator (no reuse)  {noreuse / 1e12:.3f} TFLOPs = {noreuse / 2e12:.3f} TMACs")
+    print(f"  VQ decoder            {dec_flops / 1e12:.3f} TFLOPs = {dec_flops / 2e12:.3f} TMACs")
+    print(
+        f"  total                 {total / 1e12:.3f} TFLOPs = {total / 2e12:.3f} TMACs "
+        f"(paper: {PAPER_ENAT_L_T8_TFLOPS} TFLOPs with the VQ decoder)"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="enat-s-in256", help="generator preset for the timing table")
+    p.add_argument("--large-preset", default="enat-l-in256")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--spread", type=float, default=0.05, help="per-row mask-ratio jitter")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-large", action="store_true", help="skip the ENAT-L FLOP count")
+    p.add_argument("--quick", action="store_true", help="tiny model, one repeat, no ENAT-L")
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.repeats, args.skip_large, args.batch = "enat-tiny", 1, True, 4
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Sampler step and generation loop: per-sample controls, reproducibility, schedule adherence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adanat.rng import row_generators
+from adanat.sampling import (
+    Controls,
+    GenerationState,
+    ScheduleController,
+    generate,
+    guided_forward,
+    nat_step,
+    select_tokens,
+)
+from adanat.schedules import Schedule, load_schedule
+
+
+class PerRowController:
+    """A different (fixed) schedule for each row: exercises ragged masked counts."""
+
+    def __init__(self, schedules: list[Schedule]) -> None:
+        self.tables = torch.stack([s.tensor() for s in schedules])  # (B, T, 4)
+
+    def __call__(self, state: GenerationState) -> Controls:
+        rows = self.tables[: state.ids.shape[0], state.step]
+        return Controls.from_tensor(rows.to(state.ids.device))
+
+
+def _controls(b, mask_ratio=0.5, sampling_temp=1.0, remask_temp=1.0, guidance=0.0):
+    f = lambda v: torch.full((b,), float(v))  # noqa: E731
+    return Controls(f(mask_ratio), f(sampling_temp), f(remask_temp), f(guidance))
+
+
+def test_schedule_batch_equals_rows_alone(tiny_enat, tiny_vqgan):
+    labels = torch.tensor([0, 1, 2, 3, 9])
+    ctrl = ScheduleController(load_schedule("enat", steps=6))
+    batch = generate(tiny_enat, labels, ctrl, 6, row_generators(7, 5), tokenizer=tiny_vqgan)
+    for r in range(5):
+        alone = generate(
+            tiny_enat,
+            labels[r : r + 1],
+            ctrl,
+            6,
+            row_generators(7, 1, offset=r),
+            tokenizer=tiny_vqgan,
+        )
+        assert torch.equal(alone.ids[0], batch.ids[r])
+        assert torch.equal(alone.trace[0], batch.trace[r])
+        assert (alone.images[0] - batch.images[r]).abs().max() <= 1e-5
+
+
+def test_per_sample_schedules_equal_rows_alone(tiny_enat):
+    schedules = [
+        load_schedule("cosine", steps=5),
+        load_schedule("enat", steps=5),
+        Schedule("flat", (0.9, 0.7, 0.5, 0.3, 0.0), (2.0,) * 5, (0.5,) * 5, (1.0,) * 5),
+        Schedule("fast", (0.2, 0.1, 0.05, 0.01, 0.0), (0.5,) * 5, (3.0,) * 5, (4.0,) * 5),
+    ]
+    labels = torch.tensor([4, 4, 8, 1])
+    batch = generate(tiny_enat, labels, PerRowController(schedules), 5, row_generators(3, 4))
+    L = tiny_enat.config.seq_len
+    # rows really are ragged: after step 0 the masked counts differ
+    assert batch.num_masked[:, 1].tolist() == [60, 60, 57, 12]
+    for r, s in enumerate(schedules):
+        alone = generate(
+            tiny_enat, labels[r : r + 1], ScheduleController(s), 5, row_generators(3, 1, offset=r)
+        )
+        assert torch.equal(alone.ids[0], batch.ids[r])
+        assert torch.equal(alone.num_masked[0], batch.num_masked[r])
+        expected = [L] + [math.floor(L * m) for m in s.mask_ratio]
+        assert batch.num_masked[r].tolist() == expected
+
+
+def test_revealed_counts_follow_the_schedule(tiny_enat):
+    s = load_schedule("autonat-l-t8", steps=8)
+    out = generate(tiny_enat, torch.arange(3), ScheduleController(s), 8, row_generators(0, 3))
+    L = tiny_enat.config.seq_len
+    expected = [L] + [math.floor(L * m) for m in s.mask_ratio]
+    assert out.num_masked.tolist() == [expected] * 3
+    assert out.trace.shape == (3, 8, 4)
+    assert torch.allclose(out.trace[0], s.tensor())
+    assert int((out.ids == tiny_enat.config.mask_id).sum()) == 0
+    assert int(out.ids.max()) < tiny_enat.config.codebook_size
+
+
+def test_every_step_reveals_at_least_one(tiny_enat):
+    # a schedule that never lowers the mask ratio: the clamp still reveals one token per step
+    s = Schedule("stuck", (0.99, 0.99, 0.99, 0.0), (1.0,) * 4, (1.0,) * 4, (0.0,) * 4)
+    out = generate(tiny_enat, torch.tensor([0]), ScheduleController(s), 4, row_generators(0, 1))
+    assert out.num_masked[0].tolist() == [64, 63, 62, 61, 0]
+
+
+def test_fixed_seeds_reproduce(tiny_enat, tiny_vqgan):
+    ctrl = ScheduleController(load_schedule("cosine", steps=4))
+    labels = torch.tensor([1, 5])
+    a = generate(tiny_enat, labels, ctrl, 4, row_generators(11, 2), tokenizer=tiny_vqgan)
+    b = generate(tiny_enat, labels, ctrl, 4, row_generators(11, 2), tokenizer=tiny_vqgan)
+    c = generate(tiny_enat, labels, ctrl, 4, row_generators(12, 2), tokenizer=tiny_vqgan)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.images, b.images)
+    assert not torch.equal(a.ids, c.ids)
+    # one generator for the whole batch is reproducible too
+    d = generate(tiny_enat, labels, ctrl, 4, torch.Generator().manual_seed(5))
+    e = generate(tiny_enat, labels, ctrl, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(d.ids, e.ids)
+
+
+def test_controller_sees_this_steps_features(tiny_enat):
+    seen = []
+
+    def ctrl(state: GenerationState) -> Controls:
+        seen.append((state.step, state.features.shape, int((state.ids == 64).sum())))
+        return _controls(state.ids.shape[0], mask_ratio=0.5)
+
+    generate(tiny_enat, torch.tensor([0, 1]), ctrl, 3, row_generators(0, 2))
+    assert seen == [(0, (2, 64, 64), 128), (1, (2, 64, 64), 64), (2, (2, 64, 64), 62)]
+
+
+def test_guidance_zero_ignores_the_unconditional_branch():
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.full((2, 16), 8)
+    ids[:, :4] = torch.tensor([1, 2, 3, 4])
+    cond = torch.randn(2, 16, 8, generator=gen)
+    c = _controls(2, mask_ratio=0.25, guidance=0.0)
+    a = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_generators(0, 2), mask_id=8)
+    b = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_generators(0, 2), mask_id=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # visible tokens are kept and never re-masked
+    assert torch.equal(a[0][:, :4], ids[:, :4]) and torch.equal(a[1][:, :4], ids[:, :4])
+    assert (a[0] == 8).sum(dim=1).tolist() == [4, 4]
+
+
+def test_guidance_formula_and_greedy_limits():
+    """Near-zero sampling temperature samples the argmax of cond + w (cond - uncond); with zero
+    re-masking noise the least confident tokens are the ones re-masked."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.full((1, 10), 5)
+    cond, uncond = torch.randn(1, 10, 5, generator=gen), torch.randn(1, 10, 5, generator=gen)
+    c = _controls(1, mask_ratio=0.3, sampling_temp=1e-4, remask_temp=0.0, guidance=2.0)
+    nxt, sampled = select_tokens(ids, cond, uncond, c, row_generators(0, 1), mask_id=5)
+    guided = cond + 2.0 * (cond - uncond)
+    assert torch.equal(sampled, guided.argmax(-1))
+    conf = guided.log_softmax(-1).max(-1).values[0]
+    assert set((nxt[0] == 5).nonzero().squeeze(1).tolist()) == set(conf.argsort()[:3].tolist())
+
+
+def test_nat_step_matches_its_halves(tiny_enat):
+    labels = torch.tensor([2, 3])
+    ids = torch.full((2, 64), 64)
+    c = _controls(2, mask_ratio=0.8, guidance=1.5)
+    step = nat_step(tiny_enat, ids, labels, None, None, c, row_generators(0, 2))
+    fwd = guided_forward(tiny_enat, ids, labels)
+    nxt, sampled = select_tokens(ids, fwd.cond_logits, fwd.uncond_logits, c, row_generators(0, 2), 64)
+    assert torch.equal(step.ids, nxt) and torch.equal(step.sampled_ids, sampled)
+    assert torch.equal(step.features, fwd.cond_state.feat)
+    # each branch keeps its own reuse state, and the unconditional one differs
+    assert not torch.allclose(step.cond_state.feat, step.uncond_state.feat)
+    step2 = nat_step(tiny_enat, step.ids, labels, step.cond_state, step.uncond_state, c, row_generators(1, 2))
+    assert ((step2.ids == 64).sum(1) < (step.ids == 64).sum(1)).all()
+
+
+def test_branch_states_must_come_together(tiny_enat):
+    ids = torch.full((1, 64), 64)
+    state = guided_forward(tiny_enat, ids, torch.tensor([0])).cond_state
+    with pytest.raises(ValueError, match="both branches"):
+        guided_forward(tiny_enat, ids, torch.tensor([0]), state, None)
+
+
+def test_schedule_controller_checks_steps(tiny_enat):
+    ctrl = ScheduleController(load_schedule("autonat-l-t8", steps=8))
+    with pytest.raises(ValueError, match="8 steps"):
+        generate(tiny_enat, torch.tensor([0]), ctrl, 4, row_generators(0, 1))
