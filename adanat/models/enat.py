@@ -164,16 +164,30 @@ class ENATBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 8 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, ctx: Tensor | None, attn_mask: Tensor | None) -> Tensor:
-        """``x`` (B, N, D) self rows, ``c`` (B, D) condition, ``ctx`` (B, M, D) or None."""
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        ctx: Tensor | None,
+        attn_mask: Tensor | None,
+        valid: Tensor | None = None,
+    ) -> Tensor:
+        """``x`` (B, N, D) self rows, ``c`` (B, D) condition, ``ctx`` (B, M, D) or None.
+
+        ``valid`` (B, N) marks the real rows of a padded batch: the MLP then runs on those only.
+        """
         (shift_s, scale_s, shift_c, scale_c, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (
             self.adaLN_modulation(c).chunk(8, dim=1)
         )  # 8 x (B, D)
         ctx_mod = None if ctx is None else modulate(self.norm1_(ctx), shift_c, scale_c)
         attn = self.attn(modulate(self.norm1(x), shift_s, scale_s), ctx_mod, attn_mask)
         x = x + gate_msa.unsqueeze(1) * attn  # (B, N, D)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp)  # (B, N, D)
+        if valid is None:
+            h = self.mlp(h)
+        else:
+            h = torch.zeros_like(h).index_put_((valid,), self.mlp(h[valid]))  # (B, N, D)
+        return x + gate_mlp.unsqueeze(1) * h
 
 
 class TokenEmbedding(nn.Module):
@@ -352,7 +366,7 @@ class ENAT(nn.Module):
                 ctx = old_rows.gather(context_full)  # (B, P, D)
                 mask = _attention_mask(new_rows, [old_rows, new_rows])
             for block in self.encoder:
-                h = block(h, c, ctx, mask)  # (B, N, D)
+                h = block(h, c, ctx, mask, None if new_rows.uniform else new_rows.valid)  # (B, N, D)
         visible_full = new_rows.scatter(h, length)  # (B, L, D)
         if context_full is not None:
             visible_full = torch.where(old[..., None], context_full, visible_full)
@@ -365,7 +379,7 @@ class ENAT(nn.Module):
             keys = [vis_rows, mask_rows] if vis_rows.n else [mask_rows]
             mask = _attention_mask(mask_rows, keys)
             for block in self.decoder:
-                m = block(m, c, vis, mask)  # (B, M, D)
+                m = block(m, c, vis, mask, None if mask_rows.uniform else mask_rows.valid)  # (B, M, D)
         feat = torch.where(masking[..., None], mask_rows.scatter(m, length), visible_full)
 
         word = self.x_embedder.word_embeddings.weight.detach()  # (K+1, D)

@@ -1,0 +1,185 @@
+"""``shapes``: a procedural, class-conditional 32x32 RGB image data set generated on the fly.
+
+Each image shows one shape of its class (circle, square, triangle, star, plus, ring, crescent,
+half-disk, double bar, L-corner) at a random position, scale, rotation and colour, on a solid,
+gradient, striped or checkered background, sometimes with small distractor blobs and strokes.
+Image ``i`` of a split is a pure function of ``(split seed, i)``; its class is ``i % 10``.
+Shapes are rasterised from signed distance functions with one pixel of anti-aliasing.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+CLASSES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "plus",
+    "ring",
+    "crescent",
+    "half-disk",
+    "double-bar",
+    "corner",
+)
+IMAGE_SIZE = 32
+
+# split name -> seed; "train" for training, "heldout" for evaluation, "reference" a second real
+# set of the held-out kind (the FID floor is heldout vs reference)
+SPLIT_SEEDS: dict[str, int] = {"train": 0, "heldout": 1, "reference": 2}
+
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _grid() -> tuple[Tensor, Tensor]:
+    c = torch.arange(IMAGE_SIZE, dtype=torch.float32) + 0.5
+    return c[None, :].expand(IMAGE_SIZE, -1), c[:, None].expand(-1, IMAGE_SIZE)  # x, y (H, W)
+
+
+def _box(px: Tensor, py: Tensor, hx: float, hy: float) -> Tensor:
+    dx, dy = px.abs() - hx, py.abs() - hy
+    outside = torch.sqrt(dx.clamp_min(0) ** 2 + dy.clamp_min(0) ** 2)
+    return outside + torch.maximum(dx, dy).clamp_max(0)
+
+
+def _polygon(px: Tensor, py: Tensor, points: list[tuple[float, float]]) -> Tensor:
+    """Signed distance to a simple polygon (negative inside)."""
+    d = torch.full_like(px, float("inf"))
+    inside = torch.zeros_like(px, dtype=torch.bool)
+    n = len(points)
+    for i in range(n):
+        (ax, ay), (bx, by) = points[i], points[(i + 1) % n]
+        ex, ey = bx - ax, by - ay
+        wx, wy = px - ax, py - ay
+        t = ((wx * ex + wy * ey) / (ex * ex + ey * ey)).clamp(0, 1)
+        d = torch.minimum(d, torch.hypot(wx - t * ex, wy - t * ey))
+        crosses = ((py >= ay) != (py >= by)) & (px < ax + (py - ay) * ex / (ey if ey else 1e-9))
+        inside ^= crosses
+    return torch.where(inside, -d, d)
+
+
+def shape_sdf(kind: int, px: Tensor, py: Tensor, r: float) -> Tensor:
+    """Signed distance (pixels, negative inside) of class ``kind`` of size ``r`` at the origin."""
+    name = CLASSES[kind]
+    if name == "circle":
+        return torch.hypot(px, py) - r
+    if name == "square":
+        return _box(px, py, 0.8 * r, 0.8 * r)
+    if name == "triangle":
+        pts = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+        return _polygon(px, py, pts)
+    if name == "star":
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else 0.45 * r
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((rad * math.cos(a), rad * math.sin(a)))
+        return _polygon(px, py, pts)
+    if name == "plus":
+        return torch.minimum(_box(px, py, r, 0.3 * r), _box(px, py, 0.3 * r, r))
+    if name == "ring":
+        return (torch.hypot(px, py) - 0.75 * r).abs() - 0.25 * r
+    if name == "crescent":
+        return torch.maximum(torch.hypot(px, py) - r, -(torch.hypot(px - 0.55 * r, py) - 0.8 * r))
+    if name == "half-disk":
+        return torch.maximum(torch.hypot(px, py + 0.3 * r) - r, -(py + 0.3 * r))
+    if name == "double-bar":
+        return torch.minimum(_box(px, py - 0.5 * r, r, 0.22 * r), _box(px, py + 0.5 * r, r, 0.22 * r))
+    if name == "corner":
+        return torch.minimum(_box(px + 0.35 * r, py, 0.25 * r, r), _box(px, py - 0.75 * r, r * 0.6, 0.25 * r))
+    raise ValueError(f"unknown shape class {kind}")
+
+
+def _colour(g: torch.Generator, sat: tuple[float, float], val: tuple[float, float]) -> Tensor:
+    h, s, v = torch.rand(3, generator=g).tolist()
+    rgb = colorsys.hsv_to_rgb(h, sat[0] + s * (sat[1] - sat[0]), val[0] + v * (val[1] - val[0]))
+    return torch.tensor(rgb, dtype=torch.float32)
+
+
+def _background(g: torch.Generator, x: Tensor, y: Tensor) -> Tensor:
+    base = _colour(g, (0.0, 0.5), (0.15, 0.95))  # (3,)
+    other = (base + (torch.rand(3, generator=g) - 0.5) * 0.3).clamp(0, 1)  # (3,)
+    kind = int(torch.randint(0, 4, (1,), generator=g))
+    a = float(torch.rand(1, generator=g)) * 2 * math.pi
+    u = (x * math.cos(a) + y * math.sin(a)) / IMAGE_SIZE  # (H, W)
+    if kind == 0:  # solid
+        t = torch.zeros_like(x)
+    elif kind == 1:  # gradient
+        t = (u - u.min()) / (u.max() - u.min())
+    elif kind == 2:  # stripes
+        period = 4 + 6 * float(torch.rand(1, generator=g))
+        t = (torch.sin(2 * math.pi * u * IMAGE_SIZE / period) > 0).float()
+    else:  # checker
+        cell = int(torch.randint(3, 8, (1,), generator=g))
+        t = (((x // cell) + (y // cell)) % 2).float()
+    return base[:, None, None] * (1 - t) + other[:, None, None] * t  # (3, H, W)
+
+
+def render(seed: int, index: int, label: int) -> Tensor:
+    """Image ``(3, 32, 32)`` in [0, 1] of class ``label`` for ``(seed, index)``."""
+    g = _generator(seed, index)
+    x, y = _grid()
+    image = _background(g, x, y)  # (3, H, W)
+    # distractors: small blobs or short strokes, drawn under the main shape
+    n_distract = int(torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), 1, generator=g))
+    for _ in range(n_distract):
+        cx, cy = (torch.rand(2, generator=g) * IMAGE_SIZE).tolist()
+        col = _colour(g, (0.3, 1.0), (0.3, 1.0))
+        if float(torch.rand(1, generator=g)) < 0.5:
+            sdf = torch.hypot(x - cx, y - cy) - (1.0 + 1.5 * float(torch.rand(1, generator=g)))
+        else:
+            a = float(torch.rand(1, generator=g)) * math.pi
+            px = (x - cx) * math.cos(a) + (y - cy) * math.sin(a)
+            py = -(x - cx) * math.sin(a) + (y - cy) * math.cos(a)
+            sdf = _box(px, py, 2.5 + 2 * float(torch.rand(1, generator=g)), 0.6)
+        alpha = (0.5 - sdf).clamp(0, 1)
+        image = image * (1 - alpha) + col[:, None, None] * alpha
+    # the main shape: contrasting colour, random scale, rotation and position
+    r = 6.5 + 5.0 * float(torch.rand(1, generator=g))
+    angle = float(torch.rand(1, generator=g)) * 2 * math.pi
+    margin = r * 0.9
+    cx, cy = (margin + torch.rand(2, generator=g) * (IMAGE_SIZE - 2 * margin)).tolist()
+    col = _colour(g, (0.5, 1.0), (0.5, 1.0))
+    bg_mean = image.mean(dim=(1, 2))
+    if (col - bg_mean).abs().sum() < 0.6:  # keep the shape visible against the background
+        col = 1.0 - col
+    px = (x - cx) * math.cos(angle) + (y - cy) * math.sin(angle)
+    py = -(x - cx) * math.sin(angle) + (y - cy) * math.cos(angle)
+    alpha = (0.5 - shape_sdf(label, px, py, r)).clamp(0, 1)  # (H, W)
+    return image * (1 - alpha) + col[:, None, None] * alpha
+
+
+@dataclass
+class ShapesDataset(Dataset):
+    """``size`` images of a split; item ``i`` is ``(image (3, 32, 32) in [0, 1], i % 10)``."""
+
+    split: str = "train"
+    size: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLIT_SEEDS:
+            raise ValueError(f"unknown split {self.split!r}; known: {', '.join(SPLIT_SEEDS)}")
+
+    @property
+    def seed(self) -> int:
+        return SPLIT_SEEDS[self.split]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        label = index % len(CLASSES)
+        return render(self.seed, index, label), label
