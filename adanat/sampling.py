@@ -52,7 +52,7 @@ class Controls:
 
 @dataclass
 class GuidedForward:
-    """Both branches of one step."""
+    """Both branches of one step (logits are computed at masked positions only, 0 elsewhere)."""
 
     cond_logits: Tensor  # (B, L, K)
     uncond_logits: Tensor  # (B, L, K)
@@ -95,7 +95,7 @@ def guided_forward(
     b = ids.shape[0]
     null = torch.full_like(labels, model.config.null_class)  # (B,)
     prev = None if cond_state is None else ReuseState.cat([cond_state, uncond_state])
-    out = model(torch.cat([ids, ids]), torch.cat([labels, null]), prev)  # (2B, L, K)
+    out = model(torch.cat([ids, ids]), torch.cat([labels, null]), prev, masked_logits_only=True)
     return GuidedForward(
         cond_logits=out.logits[:b],
         uncond_logits=out.logits[b:],

@@ -185,7 +185,7 @@ def main() -> None:
     p.add_argument("--large-preset", default="enat-l-in256")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--spread", type=float, default=0.05, help="per-row mask-ratio jitter")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-large", action="store_true", help="skip the ENAT-L FLOP count")

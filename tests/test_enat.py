@@ -147,3 +147,17 @@ def test_reuse_rejects_a_remasked_token(tiny_enat):
 
 def test_random_enat_has_nonzero_gates(tiny_enat):
     assert random_enat(tiny_enat.config).blocks[0].adaLN_modulation[1].weight.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_masked_logits_only(tiny_enat):
+    cfg = tiny_enat.config
+    gen = torch.Generator().manual_seed(3)
+    ids = _random_ids(gen, 3, cfg.seq_len, cfg.codebook_size, [10, 40, 64])
+    labels = torch.tensor([1, 2, 3])
+    full = tiny_enat(ids, labels)
+    part = tiny_enat(ids, labels, masked_logits_only=True)
+    masked = ids == cfg.mask_id
+    assert (part.logits[masked] - full.logits[masked]).abs().max() <= 1e-5
+    assert torch.equal(part.logits[~masked], torch.zeros_like(part.logits[~masked]))
+    assert torch.equal(part.state.feat, full.state.feat)

@@ -330,13 +330,17 @@ class ENAT(nn.Module):
     def decoder(self) -> nn.ModuleList:
         return self.blocks[self.config.encoder_layers :]
 
-    def forward(self, ids: Tensor, labels: Tensor, prev: ReuseState | None = None) -> ENATOutput:
+    def forward(
+        self, ids: Tensor, labels: Tensor, prev: ReuseState | None = None, masked_logits_only: bool = False
+    ) -> ENATOutput:
         """Predict every position's token.
 
         :param ids: ``(B, L)`` token ids, ``mask_id`` where masked.
         :param labels: ``(B,)`` class labels (``null_class`` for the unconditional branch).
         :param prev: reuse state of this branch's previous step; its masked set must contain
             the current one. None encodes every visible token.
+        :param masked_logits_only: run the head on masked positions only (what a sampler
+            needs); the logits of visible positions are then 0.
         """
         length = ids.shape[1]
         x = self.x_embedder(ids)  # (B, L, D)
@@ -383,5 +387,9 @@ class ENAT(nn.Module):
         feat = torch.where(masking[..., None], mask_rows.scatter(m, length), visible_full)
 
         word = self.x_embedder.word_embeddings.weight.detach()  # (K+1, D)
-        logits = self.mlm_layer(self.norm(feat), word)[..., : self.config.codebook_size]
+        if masked_logits_only:
+            logits = self.mlm_layer(self.norm(m), word)[..., : self.config.codebook_size]  # (B, M, K)
+            logits = mask_rows.scatter(logits, length) * masking[..., None]  # (B, L, K)
+        else:
+            logits = self.mlm_layer(self.norm(feat), word)[..., : self.config.codebook_size]  # (B, L, K)
         return ENATOutput(logits=logits, state=ReuseState(feat=feat, masking=masking))

@@ -77,7 +77,9 @@ def shape_sdf(kind: int, px: Tensor, py: Tensor, r: float) -> Tensor:
     if name == "square":
         return _box(px, py, 0.8 * r, 0.8 * r)
     if name == "triangle":
-        pts = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+        pts = [
+            (r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        ]
         return _polygon(px, py, pts)
     if name == "star":
         pts = []
