@@ -10,10 +10,10 @@ released ``nnet_ema.pth`` state dicts load with ``strict=True``:
   and the already-visible ones are represented by ``prev_proj`` of their previous features.
 
 Unlike the official code, every row of a batch may have its own number of masked (and newly
-revealed) tokens. Rows are gathered into padded ``(B, N_max, D)`` blocks and attention uses a key
-padding mask; when all rows agree, no mask is built and the computation is the official one.
-Padding was chosen over per-row loops and nested tensors by measurement (``benchmarks/``):
-it keeps one batched forward per step, which is what the batched RL environment needs.
+revealed) tokens. Tokens are kept packed (row after row) through every token-wise layer and
+padded only inside attention, with a key-padding mask (see :class:`Layout`); when all rows
+agree, packing is a reshape, no mask is built, and the computation is the official one.
+``benchmarks/generation.py`` measures this against a shared schedule and a per-row loop.
 """
 
 from __future__ import annotations
@@ -96,9 +96,73 @@ class ENATOutput:
     state: ReuseState
 
 
+class Layout:
+    """Where the tokens of one group (for example the masked ones) sit in a batch.
+
+    Tokens are kept *packed*: ``(T, D)``, row after row, each row's tokens in positional order
+    (exactly ``x[sel]``). Token-wise layers run on the packed tokens, so rows of different lengths
+    cost no padding there; only attention sees a padded ``(B, n, ...)`` view, with a key-padding
+    mask. When every row has the same count, packing and padding are plain reshapes.
+    """
+
+    def __init__(self, sel: Tensor) -> None:
+        self.sel = sel  # (B, L) bool
+        self.rows = sel.shape[0]
+        counts = sel.sum(dim=1)  # (B,)
+        self.n = int(counts.max()) if self.rows else 0
+        self.valid = torch.arange(self.n, device=sel.device) < counts[:, None]  # (B, n)
+        self.uniform = bool((counts == self.n).all())
+        self._flat = None if self.uniform else self.valid.flatten().nonzero().squeeze(1)  # (T,)
+        self._row_of = None if self.uniform else torch.repeat_interleave(counts)  # (T,)
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.n if self.uniform else len(self._flat)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, L, D)`` -> ``(T, D)``."""
+        return x[self.sel]
+
+    def unpack(self, x: Tensor, length: int) -> Tensor:
+        """``(T, D)`` -> ``(B, L, D)`` with zeros at unselected positions."""
+        out = x.new_zeros(self.rows, length, x.shape[-1])
+        out[self.sel] = x
+        return out
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``(T, C)`` -> ``(B, n, C)``, zero rows as padding."""
+        if self.uniform:
+            return x.view(self.rows, self.n, x.shape[-1])
+        out = x.new_zeros(self.rows * self.n, x.shape[-1]).index_copy_(0, self._flat, x)
+        return out.view(self.rows, self.n, x.shape[-1])
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """``(B, n, C)`` -> ``(T, C)``."""
+        flat = x.reshape(self.rows * self.n, x.shape[-1])
+        return flat if self.uniform else flat[self._flat]
+
+    def per_token(self, v: Tensor) -> Tensor:
+        """Per-row vectors ``(B, C)`` -> per-token ``(T, C)``."""
+        if self.uniform:
+            return v.repeat_interleave(self.n, dim=0)
+        return v[self._row_of]
+
+
+def attention_mask(query: Layout, keys: list[Layout]) -> Tensor | None:
+    """Key padding mask ``(B, 1, Nq, Nk)`` (True = attend), or None when no row is padded.
+
+    Padded query rows may attend to every key, so no softmax row is empty; their outputs are
+    dropped when unpadding.
+    """
+    if query.uniform and all(k.uniform for k in keys):
+        return None
+    key_valid = torch.cat([k.valid for k in keys], dim=1)  # (B, Nk)
+    return (key_valid[:, None, :] | ~query.valid[:, :, None])[:, None]  # (B, 1, Nq, Nk)
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation of ``(B, N, D)`` rows by ``(B, D)`` shift and scale."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation of packed tokens ``(T, D)`` by per-token shift and scale ``(T, D)``."""
+    return x * (1 + scale) + shift
 
 
 class Mlp(nn.Module):
@@ -133,23 +197,31 @@ class SCAttention(nn.Module):
         self.kv = TwoWayLinear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def _split_heads(self, kv: Tensor) -> tuple[Tensor, Tensor]:
-        b, n, _ = kv.shape
-        kv = kv.reshape(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (2, B, H, N, hd)
-        return kv[0], kv[1]
+    def _heads(self, x: Tensor, layout: Layout, parts: int) -> tuple[Tensor, ...]:
+        """Packed ``(T, parts*D)`` -> ``parts`` padded per-head tensors ``(B, H, n, hd)``."""
+        b, n = layout.rows, layout.n
+        x = layout.pad(x).view(b, n, parts, self.heads, -1).permute(2, 0, 3, 1, 4)  # (parts, B, H, n, hd)
+        return x.unbind(0)
 
-    def forward(self, x: Tensor, ctx: Tensor | None, attn_mask: Tensor | None) -> Tensor:
-        """``x`` (B, N, D) modulated self rows; ``ctx`` (B, M, D) modulated context rows or None;
-        ``attn_mask`` (B, 1, N, M+N) bool (True = attend) or None."""
-        b, n, d = x.shape
-        q = self.q(x).reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, H, N, hd)
-        k, v = self._split_heads(self.kv.B(x))  # (B, H, N, hd)
+    def forward(
+        self,
+        x: Tensor,
+        layout: Layout,
+        ctx: Tensor | None,
+        ctx_layout: Layout | None,
+        attn_mask: Tensor | None,
+    ) -> Tensor:
+        """``x`` (T, D) modulated self tokens; ``ctx`` (Tc, D) modulated context tokens or None;
+        ``attn_mask`` (B, 1, n, nc + n) bool or None. Returns (T, D)."""
+        (q,) = self._heads(self.q(x), layout, 1)  # (B, H, n, hd)
+        k, v = self._heads(self.kv.B(x), layout, 2)  # 2 x (B, H, n, hd)
         if ctx is not None:
-            kc, vc = self._split_heads(self.kv.A(ctx))  # (B, H, M, hd)
-            k = torch.cat([kc, k], dim=2)  # (B, H, M+N, hd)
-            v = torch.cat([vc, v], dim=2)  # (B, H, M+N, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, N, hd)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+            kc, vc = self._heads(self.kv.A(ctx), ctx_layout, 2)  # 2 x (B, H, nc, hd)
+            k = torch.cat([kc, k], dim=2)  # (B, H, nc + n, hd)
+            v = torch.cat([vc, v], dim=2)  # (B, H, nc + n, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, n, hd)
+        out = out.transpose(1, 2).reshape(layout.rows, layout.n, -1)  # (B, n, D)
+        return self.proj(layout.unpad(out))  # (T, D)
 
 
 class ENATBlock(nn.Module):
@@ -167,27 +239,24 @@ class ENATBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
+        layout: Layout,
         c: Tensor,
-        ctx: Tensor | None,
-        attn_mask: Tensor | None,
-        valid: Tensor | None = None,
+        ctx: Tensor | None = None,
+        ctx_layout: Layout | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """``x`` (B, N, D) self rows, ``c`` (B, D) condition, ``ctx`` (B, M, D) or None.
-
-        ``valid`` (B, N) marks the real rows of a padded batch: the MLP then runs on those only.
-        """
-        (shift_s, scale_s, shift_c, scale_c, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (
-            self.adaLN_modulation(c).chunk(8, dim=1)
-        )  # 8 x (B, D)
-        ctx_mod = None if ctx is None else modulate(self.norm1_(ctx), shift_c, scale_c)
-        attn = self.attn(modulate(self.norm1(x), shift_s, scale_s), ctx_mod, attn_mask)
-        x = x + gate_msa.unsqueeze(1) * attn  # (B, N, D)
-        h = modulate(self.norm2(x), shift_mlp, scale_mlp)  # (B, N, D)
-        if valid is None:
-            h = self.mlp(h)
-        else:
-            h = torch.zeros_like(h).index_put_((valid,), self.mlp(h[valid]))  # (B, N, D)
-        return x + gate_mlp.unsqueeze(1) * h
+        """``x`` (T, D) packed self tokens, ``c`` (B, D) condition, ``ctx`` (Tc, D) or None."""
+        mods = self.adaLN_modulation(c)  # (B, 8D)
+        shift_s, scale_s, _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = layout.per_token(mods).chunk(
+            8, dim=1
+        )
+        ctx_mod = None
+        if ctx is not None:
+            shift_c, scale_c = ctx_layout.per_token(mods).chunk(8, dim=1)[2:4]  # 2 x (Tc, D)
+            ctx_mod = modulate(self.norm1_(ctx), shift_c, scale_c)  # (Tc, D)
+        attn = self.attn(modulate(self.norm1(x), shift_s, scale_s), layout, ctx_mod, ctx_layout, attn_mask)
+        x = x + gate_msa * attn  # (T, D)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (T, D)
 
 
 class TokenEmbedding(nn.Module):
@@ -240,51 +309,6 @@ class MlmHead(nn.Module):
     def forward(self, x: Tensor, word_embeddings: Tensor) -> Tensor:
         h = self.ln(F.gelu(self.fc(x)))  # (B, L, D)
         return h @ word_embeddings.t() + self.bias  # (B, L, K+1)
-
-
-@dataclass
-class _Rows:
-    """Positions selected per row, gathered in positional order and padded to ``n`` columns."""
-
-    index: Tensor  # (B, n) positions; padded columns hold unselected positions
-    valid: Tensor  # (B, n) bool
-    uniform: bool  # every row selects the same count
-
-    @staticmethod
-    def of(sel: Tensor) -> _Rows:
-        counts = sel.sum(dim=1)  # (B,)
-        n = int(counts.max()) if sel.shape[0] else 0
-        # stable sort puts the selected positions first, each group in positional order
-        order = torch.sort((~sel).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
-        index = order[:, :n]  # (B, n)
-        valid = torch.arange(n, device=sel.device) < counts[:, None]  # (B, n)
-        uniform = bool((counts == n).all())
-        return _Rows(index, valid, uniform)
-
-    @property
-    def n(self) -> int:
-        return self.index.shape[1]
-
-    def gather(self, x: Tensor) -> Tensor:
-        """``x`` (B, L, D) -> (B, n, D)."""
-        return x.gather(1, self.index[..., None].expand(-1, -1, x.shape[-1]))
-
-    def scatter(self, x: Tensor, length: int) -> Tensor:
-        """(B, n, D) -> (B, L, D), zeros where nothing is written (pads land on unselected rows)."""
-        out = x.new_zeros(x.shape[0], length, x.shape[-1])
-        return out.scatter(1, self.index[..., None].expand(-1, -1, x.shape[-1]), x)
-
-
-def _attention_mask(query: _Rows, keys: list[_Rows]) -> Tensor | None:
-    """Key padding mask ``(B, 1, Nq, Nk)`` or None when no row is padded.
-
-    Padded query rows may attend to every key, so no softmax row is empty; their outputs are
-    discarded when the rows are scattered back.
-    """
-    if query.uniform and all(k.uniform for k in keys):
-        return None
-    key_valid = torch.cat([k.valid for k in keys], dim=1)  # (B, Nk)
-    return (key_valid[:, None, :] | ~query.valid[:, :, None])[:, None]  # (B, 1, Nq, Nk)
 
 
 class ENAT(nn.Module):
@@ -347,49 +371,44 @@ class ENAT(nn.Module):
         c = self.y_embedder(labels)  # (B, D)
         masking = ids == self.config.mask_id  # (B, L)
 
+        # encoder: the newly visible tokens, with projected previous features as context
         if prev is None:
-            new = ~masking  # (B, L) tokens to encode
-            context_full = None
-            old = None
+            new, old = ~masking, None  # (B, L)
         else:
             if bool((prev.masking < masking).any()):
                 raise ValueError("reuse state: a token visible before is masked now")
-            new = ~masking & prev.masking  # (B, L) revealed since the previous step
-            old = ~prev.masking  # (B, L) visible before
-            old_rows = _Rows.of(old)
-            context = self.prev_proj(old_rows.gather(prev.feat.to(x.dtype)))  # (B, P, D)
-            context_full = old_rows.scatter(context, length)  # (B, L, D)
-
-        # encoder: newly visible tokens, with the projected previous features as context
-        new_rows = _Rows.of(new)
-        h = new_rows.gather(x)  # (B, N, D)
-        if new_rows.n:
-            if old is None or old_rows.n == 0:
-                ctx, mask = None, _attention_mask(new_rows, [new_rows])
-            else:
-                ctx = old_rows.gather(context_full)  # (B, P, D)
-                mask = _attention_mask(new_rows, [old_rows, new_rows])
+            new, old = ~masking & prev.masking, ~prev.masking  # (B, L)
+        new_l = Layout(new)
+        h = new_l.pack(x)  # (N, D)
+        ctx = ctx_l = None
+        if old is not None:
+            ctx_l = Layout(old)
+            ctx = self.prev_proj(ctx_l.pack(prev.feat).to(x.dtype))  # (P, D)
+            if ctx_l.tokens == 0:
+                ctx = ctx_l = None
+        if new_l.tokens:
+            mask = attention_mask(new_l, [new_l] if ctx_l is None else [ctx_l, new_l])
             for block in self.encoder:
-                h = block(h, c, ctx, mask, None if new_rows.uniform else new_rows.valid)  # (B, N, D)
-        visible_full = new_rows.scatter(h, length)  # (B, L, D)
-        if context_full is not None:
-            visible_full = torch.where(old[..., None], context_full, visible_full)
+                h = block(h, new_l, c, ctx, ctx_l, mask)  # (N, D)
+        visible = new_l.unpack(h, length)  # (B, L, D)
+        if ctx_l is not None:
+            visible = visible + ctx_l.unpack(ctx, length)  # disjoint positions
 
-        # decoder: masked tokens, with every visible feature as context
-        vis_rows, mask_rows = _Rows.of(~masking), _Rows.of(masking)
-        m = mask_rows.gather(x)  # (B, M, D)
-        if mask_rows.n:
-            vis = vis_rows.gather(visible_full) if vis_rows.n else None  # (B, V, D)
-            keys = [vis_rows, mask_rows] if vis_rows.n else [mask_rows]
-            mask = _attention_mask(mask_rows, keys)
+        # decoder: the masked tokens, with every visible feature as context
+        vis_l, mask_l = Layout(~masking), Layout(masking)
+        m = mask_l.pack(x)  # (M, D)
+        if mask_l.tokens:
+            vis = vis_l.pack(visible) if vis_l.tokens else None  # (V, D)
+            vis_layout = vis_l if vis_l.tokens else None
+            mask = attention_mask(mask_l, [mask_l] if vis is None else [vis_l, mask_l])
             for block in self.decoder:
-                m = block(m, c, vis, mask, None if mask_rows.uniform else mask_rows.valid)  # (B, M, D)
-        feat = torch.where(masking[..., None], mask_rows.scatter(m, length), visible_full)
+                m = block(m, mask_l, c, vis, vis_layout, mask)  # (M, D)
+        feat = visible + mask_l.unpack(m, length)  # (B, L, D)
 
         word = self.x_embedder.word_embeddings.weight.detach()  # (K+1, D)
         if masked_logits_only:
-            logits = self.mlm_layer(self.norm(m), word)[..., : self.config.codebook_size]  # (B, M, K)
-            logits = mask_rows.scatter(logits, length) * masking[..., None]  # (B, L, K)
+            logits = self.mlm_layer(self.norm(m), word)[..., : self.config.codebook_size]  # (M, K)
+            logits = mask_l.unpack(logits, length)  # (B, L, K)
         else:
             logits = self.mlm_layer(self.norm(feat), word)[..., : self.config.codebook_size]  # (B, L, K)
         return ENATOutput(logits=logits, state=ReuseState(feat=feat, masking=masking))

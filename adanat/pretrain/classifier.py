@@ -1,0 +1,72 @@
+"""Training the metric network (a small CNN classifier) on labelled images."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adanat.models.classifier import ShapesClassifier
+from adanat.pretrain.run import TrainingRun
+
+
+@dataclass(frozen=True)
+class ClassifierTraining:
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@torch.no_grad()
+def accuracy(model: ShapesClassifier, images: Tensor, labels: Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy on images ``(N, 3, H, W)`` in [0, 1] (uint8 is scaled)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        correct += int((model(x).argmax(1) == labels[i : i + batch]).sum())
+    return correct / len(images)
+
+
+def train_classifier(
+    model: ShapesClassifier, images: Tensor, labels: Tensor, run: TrainingRun, cfg: ClassifierTraining
+) -> ShapesClassifier:
+    """Train on uint8 ``images`` ``(N, 3, H, W)`` with ``labels`` ``(N,)``; random flips as augmentation
+    would change some classes' look, so none is used (the data set is procedural and large)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = run.resume()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+    model.train()
+    with run.progress("metric") as progress:
+        task = progress.add_task("metric", total=cfg.steps, completed=run.step, info="")
+        while run.step < cfg.steps:
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * run.step / cfg.steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
+            logits = model(images[idx].float() / 255)
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run.step += 1
+            if run.step % 20 == 0:
+                acc = (logits.argmax(1) == labels[idx]).float().mean()
+                run.log({"metric/loss": float(loss), "metric/train_acc": float(acc)})
+                progress.update(task, info=f"loss {float(loss):.3f}")
+            progress.update(task, completed=run.step)
+            if run.due():
+                run.save(
+                    {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()}
+                )
+    return model.eval()

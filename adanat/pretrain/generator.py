@@ -1,0 +1,162 @@
+"""Training an ENAT generator on token grids with the published strategy.
+
+Per batch: one mask ratio from Beta(12, 3), masked count ``round(L r)`` clamped to ``[1, L-1]``
+at random positions per row; cross-entropy on masked positions with label smoothing 0.1; class
+label replaced by the null class with p = 0.15 (classifier-free guidance); in half of the steps
+the reuse path is trained: a random fraction ``u ~ U(0, 1)`` of the visible tokens is re-masked
+to form the previous step, whose features come from the EMA model without gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adanat.models.enat import ENAT
+from adanat.pretrain.run import TrainingRun
+
+
+@dataclass(frozen=True)
+class GeneratorTraining:
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.03
+    warmup: int = 200
+    ema_decay: float = 0.999
+    beta_a: float = 12.0
+    beta_b: float = 3.0
+    label_smoothing: float = 0.1
+    p_uncond: float = 0.15
+    reuse_prob: float = 0.5
+    seed: int = 0
+
+
+def _random_subset(rows: int, length: int, counts: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
+    """Per row, ``counts[r]`` positions chosen uniformly among ``allowed[r]`` (B, L) bool."""
+    score = torch.rand(rows, length, generator=gen).masked_fill(~allowed, 2.0)  # (B, L)
+    rank = score.argsort(dim=1).argsort(dim=1)  # (B, L)
+    return rank < counts[:, None]
+
+
+def masked_batch(
+    tokens: Tensor, labels: Tensor, model: ENAT, cfg: GeneratorTraining, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(inputs, targets, labels)``: tokens ``(B, L)`` masked with one Beta ratio per batch,
+    targets ``-100`` at visible positions, labels dropped to the null class with ``p_uncond``."""
+    b, length = tokens.shape
+    n = min(max(round(length * _beta(cfg, gen)), 1), length - 1)
+    mask = _random_subset(b, length, torch.full((b,), n), torch.ones(b, length, dtype=torch.bool), gen)
+    inputs = torch.where(mask, model.config.mask_id, tokens)  # (B, L)
+    targets = torch.where(mask, tokens, -100)  # (B, L)
+    drop = torch.rand(b, generator=gen) < cfg.p_uncond  # (B,)
+    return inputs, targets, torch.where(drop, model.config.null_class, labels)
+
+
+def _beta(cfg: GeneratorTraining, gen: torch.Generator) -> float:
+    """One Beta(a, b) draw from ``gen`` by inverting the CDF on a grid of 4095 points
+    (torch's Beta sampler takes no generator)."""
+    x = torch.linspace(0, 1, 4097, dtype=torch.float64)[1:-1]
+    logpdf = (cfg.beta_a - 1) * torch.log(x) + (cfg.beta_b - 1) * torch.log1p(-x)
+    cdf = torch.cumsum(torch.exp(logpdf - logpdf.max()), 0)
+    u = float(torch.rand(1, generator=gen, dtype=torch.float64)) * float(cdf[-1])
+    return float(x[torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64)).clamp_max(len(x) - 1)])
+
+
+def previous_step(inputs: Tensor, mask_id: int, gen: torch.Generator) -> Tensor:
+    """Re-mask a random fraction ``u ~ U(0, 1)`` of the visible tokens (one ``u`` per batch)."""
+    b, length = inputs.shape
+    visible = inputs != mask_id  # (B, L)
+    u = float(torch.rand(1, generator=gen))
+    counts = (visible.sum(1).double() * u).round().long()  # (B,)
+    remask = _random_subset(b, length, counts, visible, gen)
+    return torch.where(remask, mask_id, inputs)
+
+
+def train_generator(
+    model: ENAT, tokens: Tensor, labels: Tensor, run: TrainingRun, cfg: GeneratorTraining
+) -> ENAT:
+    """Train on ``tokens`` ``(N, L)`` with ``labels`` ``(N,)``; returns the EMA model."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout masks inside the model
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.99),
+    )
+    state = run.resume()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    model.train()
+    with run.progress("generator") as progress:
+        task = progress.add_task("generator", total=cfg.steps, completed=run.step, info="")
+        while run.step < cfg.steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(run.step)
+            idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=gen)
+            inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)
+            prev = None
+            reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
+            if reuse:
+                with torch.no_grad():
+                    prev = ema(previous_step(inputs, model.config.mask_id, gen), y).state
+            logits = model(inputs, y, prev).logits  # (B, L, K)
+            loss = F.cross_entropy(
+                logits.transpose(1, 2), targets, ignore_index=-100, label_smoothing=cfg.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            _ema_update(ema, model, cfg.ema_decay)
+            run.step += 1
+            if run.step % 20 == 0:
+                with torch.no_grad():
+                    sel = targets != -100
+                    acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
+                run.log(
+                    {
+                        "generator/loss": float(loss),
+                        "generator/masked_acc": float(acc),
+                        "generator/lr": lr_at(run.step),
+                    }
+                )
+                progress.update(task, info=f"loss {float(loss):.3f}")
+            progress.update(task, completed=run.step)
+            if run.due():
+                run.save(
+                    {
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                    }
+                )
+    return ema
+
+
+@torch.no_grad()
+def _ema_update(ema: ENAT, model: ENAT, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, 1 - decay)

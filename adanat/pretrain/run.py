@@ -1,0 +1,87 @@
+"""A resumable training run: one folder with an atomically written checkpoint and TensorBoard logs.
+
+The checkpoint holds plain tensors and numbers only (model, EMA and optimiser states, the step,
+the data generator's state) and is read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch.utils.tensorboard import SummaryWriter
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class TrainingRun:
+    """Checkpointing, logging and progress for one training stage.
+
+    :param folder: run folder of the stage (created).
+    :param total_steps: steps of the whole stage.
+    :param checkpoint_every: steps between checkpoints.
+    """
+
+    def __init__(self, folder: str | Path, total_steps: int, checkpoint_every: int = 200) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path = self.folder / "checkpoint.pt"
+        self.step = 0
+        self.writer: SummaryWriter | None = None
+
+    def resume(self) -> dict[str, Any] | None:
+        """The saved state, or None when the stage starts fresh; sets :attr:`step`."""
+        if not self.checkpoint_path.is_file():
+            return None
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        self.step = int(state["step"])
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_save({**state, "step": self.step}, self.checkpoint_path)
+
+    def due(self) -> bool:
+        return self.step % self.checkpoint_every == 0 or self.step == self.total_steps
+
+    def log(self, scalars: dict[str, float]) -> None:
+        assert self.writer is not None
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, self.step)
+
+    @contextmanager
+    def progress(self, description: str) -> Iterator[Progress]:
+        """A rich progress bar and an open TensorBoard writer (continuing the curves on resume)."""
+        self.writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.step or None)
+        columns = (
+            TextColumn(f"[bold]{description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        try:
+            with Progress(*columns) as progress:
+                yield progress
+        finally:
+            self.writer.close()
+            self.writer = None
