@@ -48,3 +48,25 @@ def uniform(rows: int, shape: Sequence[int], generators: Generators, device: tor
 def gumbel(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
     """Standard Gumbel noise of shape ``(rows, *shape)``, drawn as :func:`uniform`."""
     return -torch.log(-torch.log(uniform(rows, shape, generators, device)))
+
+
+def gumbel_packed(
+    counts: Sequence[int], shape: Sequence[int], generators: Generators, device: torch.device
+) -> torch.Tensor:
+    """Gumbel noise for ``counts[b]`` items of row ``b``, packed row after row: ``(sum(counts), *shape)``.
+
+    With per-row generators, row ``b`` draws ``(counts[b], *shape)`` from its own stream.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    if isinstance(generators, torch.Generator):
+        u = torch.rand((sum(counts), *shape), generator=generators, device=device)
+    else:
+        if len(generators) != len(counts):
+            raise ValueError(f"{len(generators)} generators for {len(counts)} rows")
+        u = torch.cat(
+            [
+                torch.rand((n, *shape), generator=g, device=device)
+                for g, n in zip(generators, counts, strict=True)
+            ]
+        )
+    return -torch.log(-torch.log(u.clamp_(min=tiny)))

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from adanat.models.enat import ENAT, ReuseState
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.rng import Generators, gumbel
+from adanat.rng import Generators, gumbel, gumbel_packed
 from adanat.schedules import CONTROL_NAMES, Schedule
 
 
@@ -114,25 +114,27 @@ def select_tokens(
 ) -> tuple[Tensor, Tensor]:
     """Sample the masked tokens and choose which stay masked; returns ``(next_ids, sampled_ids)``.
 
-    Draws, in order, Gumbel noise ``(B, L, K)`` for sampling and ``(B, L)`` for re-masking.
+    Works on the masked positions only. Draws, in order, Gumbel noise ``(masked, K)`` for
+    sampling and ``(L,)`` for re-masking, per row (or for the batch with one generator).
     """
     b, length = ids.shape
-    w = controls.guidance.float()[:, None, None]  # (B, 1, 1)
-    cond, uncond = cond_logits.float(), uncond_logits.float()  # (B, L, K)
-    logp = F.log_softmax(cond + w * (cond - uncond), dim=-1)  # (B, L, K)
     is_mask = ids == mask_id  # (B, L)
+    masked_before = is_mask.sum(dim=1)  # (B,)
+    row = is_mask.nonzero()[:, 0]  # (M,) row of each masked token, row after row
+    cond, uncond = cond_logits[is_mask].float(), uncond_logits[is_mask].float()  # (M, K)
+    w = controls.guidance.float()[row, None]  # (M, 1)
+    logp = F.log_softmax(cond + w * (cond - uncond), dim=-1)  # (M, K)
 
-    temp = controls.sampling_temp.float().clamp_min(1e-6)[:, None, None]  # (B, 1, 1)
-    noise = gumbel(b, logp.shape[1:], generators, ids.device)  # (B, L, K)
-    drawn = (logp / temp + noise).argmax(dim=-1)  # (B, L) Gumbel-max = categorical sample
-    sampled = torch.where(is_mask, drawn, ids)  # (B, L)
+    temp = controls.sampling_temp.float().clamp_min(1e-6)[row, None]  # (M, 1)
+    noise = gumbel_packed(masked_before.tolist(), logp.shape[1:], generators, ids.device)  # (M, K)
+    drawn = (logp / temp + noise).argmax(dim=-1)  # (M,) Gumbel-max = categorical sample
+    sampled = ids.masked_scatter(is_mask, drawn)  # (B, L)
 
-    sampled_logp = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, L)
-    confidence = torch.where(is_mask, sampled_logp, torch.inf)  # (B, L)
+    confidence = torch.full((b, length), torch.inf, device=ids.device)  # (B, L)
+    confidence[is_mask] = logp.gather(-1, drawn[:, None]).squeeze(-1)
     remask_noise = gumbel(b, (length,), generators, ids.device)  # (B, L)
     confidence = confidence + controls.remask_temp.float()[:, None] * remask_noise  # (B, L)
 
-    masked_before = is_mask.sum(dim=1)  # (B,)
     n_mask = torch.floor(length * controls.mask_ratio.double()).long()  # (B,)
     n_mask = torch.minimum(n_mask, masked_before - 1).clamp_min(0)  # (B,)
     order = confidence.argsort(dim=1, stable=True)  # (B, L) least confident first

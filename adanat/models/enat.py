@@ -141,11 +141,18 @@ class Layout:
         flat = x.reshape(self.rows * self.n, x.shape[-1])
         return flat if self.uniform else flat[self._flat]
 
-    def per_token(self, v: Tensor) -> Tensor:
-        """Per-row vectors ``(B, C)`` -> per-token ``(T, C)``."""
+    def modulate(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        """adaLN modulation of packed tokens ``(T, D)`` by per-row ``(B, D)`` shift and scale."""
         if self.uniform:
-            return v.repeat_interleave(self.n, dim=0)
-        return v[self._row_of]
+            y = x.view(self.rows, self.n, -1) * (1 + scale[:, None]) + shift[:, None]  # (B, n, D)
+            return y.view(x.shape)
+        return x * (1 + scale[self._row_of]) + shift[self._row_of]
+
+    def gate(self, x: Tensor, g: Tensor) -> Tensor:
+        """Packed tokens ``(T, D)`` times per-row gates ``(B, D)``."""
+        if self.uniform:
+            return (x.view(self.rows, self.n, -1) * g[:, None]).view(x.shape)
+        return x * g[self._row_of]
 
 
 def attention_mask(query: Layout, keys: list[Layout]) -> Tensor | None:
@@ -158,11 +165,6 @@ def attention_mask(query: Layout, keys: list[Layout]) -> Tensor | None:
         return None
     key_valid = torch.cat([k.valid for k in keys], dim=1)  # (B, Nk)
     return (key_valid[:, None, :] | ~query.valid[:, :, None])[:, None]  # (B, 1, Nq, Nk)
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation of packed tokens ``(T, D)`` by per-token shift and scale ``(T, D)``."""
-    return x * (1 + scale) + shift
 
 
 class Mlp(nn.Module):
@@ -246,17 +248,16 @@ class ENATBlock(nn.Module):
         attn_mask: Tensor | None = None,
     ) -> Tensor:
         """``x`` (T, D) packed self tokens, ``c`` (B, D) condition, ``ctx`` (Tc, D) or None."""
-        mods = self.adaLN_modulation(c)  # (B, 8D)
-        shift_s, scale_s, _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = layout.per_token(mods).chunk(
-            8, dim=1
-        )
+        shift_s, scale_s, shift_c, scale_c, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(
+            c
+        ).chunk(8, dim=1)  # 8 x (B, D)
         ctx_mod = None
         if ctx is not None:
-            shift_c, scale_c = ctx_layout.per_token(mods).chunk(8, dim=1)[2:4]  # 2 x (Tc, D)
-            ctx_mod = modulate(self.norm1_(ctx), shift_c, scale_c)  # (Tc, D)
-        attn = self.attn(modulate(self.norm1(x), shift_s, scale_s), layout, ctx_mod, ctx_layout, attn_mask)
-        x = x + gate_msa * attn  # (T, D)
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (T, D)
+            ctx_mod = ctx_layout.modulate(self.norm1_(ctx), shift_c, scale_c)  # (Tc, D)
+        xm = layout.modulate(self.norm1(x), shift_s, scale_s)  # (T, D)
+        x = x + layout.gate(self.attn(xm, layout, ctx_mod, ctx_layout, attn_mask), gate_msa)  # (T, D)
+        h = self.mlp(layout.modulate(self.norm2(x), shift_mlp, scale_mlp))  # (T, D)
+        return x + layout.gate(h, gate_mlp)
 
 
 class TokenEmbedding(nn.Module):

@@ -1,0 +1,175 @@
+"""Pretraining the ``shapes`` world: metric network, tokenizer, generator, and their manifest.
+
+Stages run in that order (``all``); each is resumable from its run folder, seeded, logged to
+TensorBoard, and ends by writing its safetensors file and manifest entry to the output folder.
+The rendered images and the tokenised training set are cached in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from adanat.assets import manifest_entry, sha256_of
+from adanat.models.classifier import ClassifierConfig, ShapesClassifier
+from adanat.models.enat import ENAT, ENATConfig
+from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
+from adanat.presets import generator_config, tokenizer_config
+from adanat.pretrain.classifier import ClassifierTraining, accuracy, train_classifier
+from adanat.pretrain.generator import GeneratorTraining, train_generator
+from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
+from adanat.worlds.shapes import CLASSES, ShapesDataset
+
+STAGES = ("metric", "tokenizer", "generator")
+
+
+@dataclass(frozen=True)
+class ShapesPretraining:
+    """Everything a ``shapes`` pretraining run depends on."""
+
+    train_images: int = 60_000
+    heldout_images: int = 5_000
+    tokenizer: VQGANConfig = field(default_factory=lambda: tokenizer_config("vqgan-shapes"))
+    generator: ENATConfig = field(default_factory=lambda: generator_config("enat-shapes"))
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tokenizer_training: TokenizerTraining = field(default_factory=TokenizerTraining)
+    generator_training: GeneratorTraining = field(default_factory=GeneratorTraining)
+    classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
+
+    @staticmethod
+    def tiny() -> ShapesPretraining:
+        """A few iterations of small models: for smoke tests of the whole pipeline."""
+        return ShapesPretraining(
+            train_images=300,
+            heldout_images=100,
+            tokenizer=tokenizer_config("vqgan-shapes-tiny"),
+            generator=generator_config("enat-shapes-tiny"),
+            classifier=ClassifierConfig(widths=(8, 8, 16)),
+            tokenizer_training=TokenizerTraining(steps=4, batch_size=8, restart_every=2, warmup=1),
+            generator_training=GeneratorTraining(steps=4, batch_size=8, warmup=1),
+            classifier_training=ClassifierTraining(steps=4, batch_size=8),
+        )
+
+
+def render_split(split: str, n: int, cache: Path) -> tuple[Tensor, Tensor]:
+    """uint8 images ``(n, 3, 32, 32)`` and labels ``(n,)`` of a split, cached as safetensors."""
+    path = cache / f"{split}-{n}.safetensors"
+    if path.is_file():
+        d = load_file(str(path))
+        return d["images"], d["labels"]
+    ds = ShapesDataset(split, n)
+    images = torch.empty(n, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.long)
+    with Progress() as progress:
+        task = progress.add_task(f"rendering {split}", total=n)
+        for i in range(n):
+            img, y = ds[i]
+            images[i] = (img * 255).round().to(torch.uint8)
+            labels[i] = y
+            if i % 500 == 0:
+                progress.update(task, completed=i)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"images": images, "labels": labels}, str(tmp))
+    tmp.replace(path)
+    return images, labels
+
+
+class ShapesPretrainer:
+    """Runs the stages of :class:`ShapesPretraining` between a run folder and an output folder."""
+
+    def __init__(self, cfg: ShapesPretraining, run_dir: Path, out_dir: Path, command: str) -> None:
+        self.cfg, self.run_dir, self.out_dir, self.command = cfg, run_dir, out_dir, command
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = run_dir / "data"
+
+    def data(self, split: str) -> tuple[Tensor, Tensor]:
+        n = self.cfg.train_images if split == "train" else self.cfg.heldout_images
+        return render_split(split, n, self.cache)
+
+    def _write(
+        self, name: str, state: dict[str, Tensor], config: object, quality: dict[str, float], seconds: float
+    ) -> None:
+        path = self.out_dir / f"{name}.safetensors"
+        tmp = self.out_dir / f".{name}.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        tmp.replace(path)
+        manifest_path = self.out_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"world": "shapes"}
+        manifest["classes"] = list(CLASSES)
+        manifest.setdefault("models", {})[name] = manifest_entry(
+            path, config, self.command, quality, train_seconds=round(seconds, 1)
+        )
+        tmp_manifest = manifest_path.with_suffix(".tmp")
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp_manifest.replace(manifest_path)
+
+    def metric(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        images, labels = self.data("train")
+        torch.manual_seed(self.cfg.classifier_training.seed)
+        model = ShapesClassifier(self.cfg.classifier)
+        run = TrainingRun(self.run_dir / "metric", self.cfg.classifier_training.steps)
+        model = train_classifier(model, images, labels, run, self.cfg.classifier_training)
+        held_images, held_labels = self.data("heldout")
+        quality = {"heldout_accuracy": accuracy(model, held_images, held_labels)}
+        self._write("metric", model.state_dict(), self.cfg.classifier, quality, time.perf_counter() - t0)
+        return quality
+
+    def tokenizer(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        images, _ = self.data("train")
+        torch.manual_seed(self.cfg.tokenizer_training.seed)
+        model = MaskGITVQGAN(self.cfg.tokenizer)
+        run = TrainingRun(self.run_dir / "tokenizer", self.cfg.tokenizer_training.steps)
+        model = train_tokenizer(model, images, run, self.cfg.tokenizer_training)
+        held, _ = self.data("heldout")
+        quality = evaluate_tokenizer(model, held.float() / 255)
+        self._write("tokenizer", model.state_dict(), self.cfg.tokenizer, quality, time.perf_counter() - t0)
+        return quality
+
+    def tokens(self) -> tuple[Tensor, Tensor]:
+        """The training set tokenised by the shipped tokenizer (cached per tokenizer hash)."""
+        tok_path = self.out_dir / "tokenizer.safetensors"
+        if not tok_path.is_file():
+            raise FileNotFoundError("the generator stage needs the tokenizer stage first")
+        digest = sha256_of(tok_path)[:16]
+        path = self.cache / f"tokens-{digest}-{self.cfg.train_images}.safetensors"
+        if path.is_file():
+            d = load_file(str(path))
+            return d["tokens"], d["labels"]
+        model = MaskGITVQGAN(self.cfg.tokenizer)
+        model.load_state_dict(load_file(str(tok_path)))
+        model.eval()
+        images, labels = self.data("train")
+        with torch.no_grad():
+            tokens = torch.cat(
+                [
+                    model.encode(images[i : i + 500].float() / 255).flatten(1)
+                    for i in range(0, len(images), 500)
+                ]
+            )
+        save_file({"tokens": tokens, "labels": labels}, str(path))
+        return tokens, labels
+
+    def generator(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        tokens, labels = self.tokens()
+        torch.manual_seed(self.cfg.generator_training.seed)
+        model = ENAT(self.cfg.generator)
+        run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
+        ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
+        quality: dict[str, float] = {}
+        self._write("generator", ema.state_dict(), self.cfg.generator, quality, time.perf_counter() - t0)
+        return quality
+
+    def run(self, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        return {stage: getattr(self, stage)() for stage in stages}

@@ -1,0 +1,45 @@
+"""Pretrain a world's models: ``python scripts/pretrain.py --env shapes --stage all``.
+
+Stages: ``metric`` (classifier for FID/IS), ``tokenizer`` (VQGAN), ``generator`` (ENAT, needs the
+tokenizer). Each stage resumes from ``--run-dir`` after an interruption and writes its weights and
+manifest entry to ``--out`` (by default the package's shipped assets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from adanat.assets import asset_dir
+from adanat.pretrain.shapes import STAGES, ShapesPretrainer, ShapesPretraining
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="shapes", choices=["shapes"], help="world to pretrain")
+    p.add_argument("--stage", default="all", choices=[*STAGES, "all"])
+    p.add_argument("--run-dir", type=Path, default=Path("runs/pretrain-shapes"), help="checkpoints, caches, logs")
+    p.add_argument("--out", type=Path, default=None, help="weights + manifest (default: package assets)")
+    p.add_argument("--tiny", action="store_true", help="tiny models, a few iterations (smoke test)")
+    args = p.parse_args(argv)
+    cfg = ShapesPretraining.tiny() if args.tiny else ShapesPretraining()
+    out = args.out or asset_dir(args.env)
+    command = "python scripts/pretrain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    try:
+        results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages)
+    except KeyboardInterrupt:
+        print("interrupted: progress is saved in the run folder; run the same command to resume", file=sys.stderr)
+        return 130
+    except FileNotFoundError as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return 2
+    for stage, quality in results.items():
+        print(stage, " ".join(f"{k}={v:.4f}" for k, v in quality.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
