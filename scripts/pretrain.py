@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="shapes", choices=["shapes"], help="world to pretrain")
     p.add_argument("--stage", default="all", choices=[*STAGES, "all"])
-    p.add_argument("--run-dir", type=Path, default=Path("runs/pretrain-shapes"), help="checkpoints, caches, logs")
+    p.add_argument(
+        "--run-dir", type=Path, default=Path("runs/pretrain-shapes"), help="checkpoints, caches, logs"
+    )
     p.add_argument("--out", type=Path, default=None, help="weights + manifest (default: package assets)")
     p.add_argument("--tiny", action="store_true", help="tiny models, a few iterations (smoke test)")
     args = p.parse_args(argv)
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages)
     except KeyboardInterrupt:
-        print("interrupted: progress is saved in the run folder; run the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: progress is saved in the run folder; run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except FileNotFoundError as e:
         print(f"pretrain: error: {e}", file=sys.stderr)

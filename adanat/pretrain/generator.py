@@ -23,7 +23,7 @@ from adanat.pretrain.run import TrainingRun
 
 @dataclass(frozen=True)
 class GeneratorTraining:
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.03

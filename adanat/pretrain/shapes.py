@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,9 @@ from adanat.pretrain.classifier import ClassifierTraining, accuracy, train_class
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
+from adanat.rng import row_generators
+from adanat.sampling import ScheduleController, generate
+from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
 
 STAGES = ("metric", "tokenizer", "generator")
@@ -43,6 +46,9 @@ class ShapesPretraining:
     tokenizer_training: TokenizerTraining = field(default_factory=TokenizerTraining)
     generator_training: GeneratorTraining = field(default_factory=GeneratorTraining)
     classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
+    codebook_sweep: tuple[int, ...] = (256, 512, 1024)
+    sweep_steps: int = 400
+    eval_samples: int = 1000
 
     @staticmethod
     def tiny() -> ShapesPretraining:
@@ -56,6 +62,9 @@ class ShapesPretraining:
             tokenizer_training=TokenizerTraining(steps=4, batch_size=8, restart_every=2, warmup=1),
             generator_training=GeneratorTraining(steps=4, batch_size=8, warmup=1),
             classifier_training=ClassifierTraining(steps=4, batch_size=8),
+            codebook_sweep=(16, 32),
+            sweep_steps=2,
+            eval_samples=20,
         )
 
 
@@ -96,7 +105,13 @@ class ShapesPretrainer:
         return render_split(split, n, self.cache)
 
     def _write(
-        self, name: str, state: dict[str, Tensor], config: object, quality: dict[str, float], seconds: float
+        self,
+        name: str,
+        state: dict[str, Tensor],
+        config: object,
+        quality: dict[str, float],
+        seconds: float,
+        **extra: object,
     ) -> None:
         path = self.out_dir / f"{name}.safetensors"
         tmp = self.out_dir / f".{name}.safetensors.tmp"
@@ -106,7 +121,7 @@ class ShapesPretrainer:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"world": "shapes"}
         manifest["classes"] = list(CLASSES)
         manifest.setdefault("models", {})[name] = manifest_entry(
-            path, config, self.command, quality, train_seconds=round(seconds, 1)
+            path, config, self.command, quality, train_seconds=round(seconds, 1), **extra
         )
         tmp_manifest = manifest_path.with_suffix(".tmp")
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -127,13 +142,29 @@ class ShapesPretrainer:
     def tokenizer(self) -> dict[str, float]:
         t0 = time.perf_counter()
         images, _ = self.data("train")
+        held = self.data("heldout")[0].float() / 255
+        sweep = {}
+        for k in self.cfg.codebook_sweep:  # short runs that inform the codebook size
+            cfg = replace(self.cfg.tokenizer, codebook_size=k)
+            training = replace(self.cfg.tokenizer_training, steps=self.cfg.sweep_steps)
+            torch.manual_seed(training.seed)
+            run = TrainingRun(self.run_dir / f"tokenizer-sweep-{k}", training.steps)
+            sweep[str(k)] = evaluate_tokenizer(
+                train_tokenizer(MaskGITVQGAN(cfg), images, run, training), held
+            )
         torch.manual_seed(self.cfg.tokenizer_training.seed)
         model = MaskGITVQGAN(self.cfg.tokenizer)
         run = TrainingRun(self.run_dir / "tokenizer", self.cfg.tokenizer_training.steps)
         model = train_tokenizer(model, images, run, self.cfg.tokenizer_training)
-        held, _ = self.data("heldout")
-        quality = evaluate_tokenizer(model, held.float() / 255)
-        self._write("tokenizer", model.state_dict(), self.cfg.tokenizer, quality, time.perf_counter() - t0)
+        quality = evaluate_tokenizer(model, held)
+        self._write(
+            "tokenizer",
+            model.state_dict(),
+            self.cfg.tokenizer,
+            quality,
+            time.perf_counter() - t0,
+            codebook_sweep={"steps": self.cfg.sweep_steps, "results": sweep},
+        )
         return quality
 
     def tokens(self) -> tuple[Tensor, Tensor]:
@@ -167,9 +198,34 @@ class ShapesPretrainer:
         model = ENAT(self.cfg.generator)
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
-        quality: dict[str, float] = {}
-        self._write("generator", ema.state_dict(), self.cfg.generator, quality, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
+        self._write("generator", ema.state_dict(), self.cfg.generator, quality, seconds)
         return quality
+
+    @torch.no_grad()
+    def class_accuracy(self, generator: ENAT) -> dict[str, float]:
+        """Share of generated images that the metric network assigns to the requested class,
+        with the ENAT sampler (and guidance) at T=8 and 4."""
+        tokenizer = MaskGITVQGAN(self.cfg.tokenizer)
+        tokenizer.load_state_dict(load_file(str(self.out_dir / "tokenizer.safetensors")))
+        metric = ShapesClassifier(self.cfg.classifier)
+        metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
+        tokenizer.eval(), metric.eval(), generator.eval()
+        n = self.cfg.eval_samples
+        labels = torch.arange(n) % generator.config.num_classes
+        out = {}
+        for steps in (8, 4):
+            ctrl = ScheduleController(load_schedule("enat", steps=steps, variant="shapes"))
+            images = []
+            for i in range(0, n, 250):
+                rows = labels[i : i + 250]
+                g = generate(
+                    generator, rows, ctrl, steps, row_generators(0, len(rows), offset=i), tokenizer=tokenizer
+                )
+                images.append(g.images)
+            out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, torch.cat(images), labels)
+        return out
 
     def run(self, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
         return {stage: getattr(self, stage)() for stage in stages}

@@ -21,7 +21,7 @@ from adanat.pretrain.run import TrainingRun
 
 @dataclass(frozen=True)
 class TokenizerTraining:
-    steps: int = 3000
+    steps: int = 2500
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
