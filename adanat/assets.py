@@ -16,11 +16,8 @@ from typing import Any
 
 import torch
 
-from adanat.checkpoints import CheckpointError, load_generator, load_tokenizer, read_state_dict
+from adanat.checkpoints import CheckpointError, read_state_dict
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier
-from adanat.models.enat import ENAT
-from adanat.models.vqgan import MaskGITVQGAN
-from adanat.presets import model_preset
 
 
 class AssetError(CheckpointError):
@@ -79,17 +76,6 @@ def manifest_entry(
         "quality": quality,
         **extra,
     }
-
-
-def load_shipped_models(
-    world: str = "shapes", device: torch.device | str = "cpu", folder: Path | None = None
-) -> tuple[ENAT, MaskGITVQGAN]:
-    """The verified generator (EMA weights) and tokenizer of a world shipped with the package."""
-    folder = folder or asset_dir(world)
-    preset = model_preset(world)
-    generator = load_generator(verified_file(folder, "generator"), preset.generator, device)
-    tokenizer = load_tokenizer(verified_file(folder, "tokenizer"), preset.tokenizer, device)
-    return generator, tokenizer
 
 
 def load_metric_network(path: Path | None = None, device: torch.device | str = "cpu") -> ShapesClassifier:

@@ -17,12 +17,13 @@ from typing import NoReturn
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adanat.checkpoints import CheckpointError, load_generator, load_tokenizer
+from adanat.checkpoints import CheckpointError
 from adanat.outputs import OutputError, check_output_dir, save_grid, save_images, staged_dir
-from adanat.presets import ModelPreset, model_preset, model_preset_names
+from adanat.presets import ModelPreset, model_preset_names, world_names
 from adanat.rng import row_generators
 from adanat.sampling import ScheduleController, generate
 from adanat.schedules import CONTROL_NAMES, ScheduleError, builtin_schedule_names, load_schedule
+from adanat.weights import load_models, resolve_preset
 
 
 class UsageError(ValueError):
@@ -80,35 +81,30 @@ class SampleArgs:
     n: int
     steps: int
     seed: int
-    out: Path
+    out: Path | None
     device: str
     batch_size: int
 
 
 def cmd_sample(args: SampleArgs) -> int:
     """Generate images with a schedule and write PNGs, a grid and ``samples.json``."""
-    try:
-        preset = model_preset(args.preset)
-    except KeyError as e:
-        raise UsageError(str(e.args[0])) from None
+    preset, _ = resolve_preset(args.preset)
     if args.n < 1 or args.steps < 1 or args.batch_size < 1:
         raise UsageError("--n, --steps and --batch-size must be >= 1")
     labels = parse_classes(args.classes, preset, args.n)
     schedule = load_schedule(args.policy, steps=args.steps, variant=preset.enat_variant)
     device = resolve_device(args.device)
-    for flag, path in (("--generator", args.generator), ("--tokenizer", args.tokenizer)):
-        if path is None:
-            raise UsageError(f"preset {preset.name} needs {flag} PATH (a checkpoint file)")
-    check_output_dir(args.out)
-    model = load_generator(args.generator, preset.generator, device)
-    tokenizer = load_tokenizer(args.tokenizer, preset.tokenizer, device)
+    out = args.out or Path("samples") / f"{args.preset}-{Path(args.policy).stem}-seed{args.seed}"
+    check_output_dir(out)
+    models = load_models(args.preset, args.generator, args.tokenizer, device)
+    model, tokenizer = models.generator, models.tokenizer
 
     controller = ScheduleController(schedule)
     label_t = torch.tensor(labels, dtype=torch.long, device=device)
     batches = [range(i, min(i + args.batch_size, args.n)) for i in range(0, args.n, args.batch_size)]
     images, traces = [], []
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with staged_dir(args.out) as stage, Progress(*columns, transient=True) as progress:
+    with staged_dir(out) as stage, Progress(*columns, transient=True) as progress:
         task = progress.add_task("sample", total=len(batches) * args.steps)
         for rows in batches:
             gens = row_generators(args.seed, len(rows), device, offset=rows.start)
@@ -128,7 +124,9 @@ def cmd_sample(args: SampleArgs) -> int:
         save_grid(torch.cat(images), stage / "grid.png")
         trace = torch.cat(traces)  # (N, T, 4)
         meta = {
-            "preset": preset.name,
+            "preset": args.preset,
+            "generator": str(models.generator_file),
+            "tokenizer": str(models.tokenizer_file),
             "policy": args.policy,
             "schedule": schedule.to_dict(),
             "steps": args.steps,
@@ -137,7 +135,7 @@ def cmd_sample(args: SampleArgs) -> int:
             "controls": {f: trace[:, :, j].tolist() for j, f in enumerate(CONTROL_NAMES)},
         }
         (stage / "samples.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.n} images and grid.png to {args.out}")
+    print(f"wrote {args.n} images and grid.png to {out}")
     return 0
 
 
@@ -150,14 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="enat",
         help=f"built-in schedule ({', '.join(builtin_schedule_names())}) or a schedule JSON path",
     )
-    p.add_argument("--preset", default="enat-l-in256", help=", ".join(model_preset_names()))
+    p.add_argument(
+        "--preset",
+        default="shapes",
+        help="world or model preset: " + ", ".join(world_names() + model_preset_names()),
+    )
     p.add_argument("--generator", type=Path, help="ENAT checkpoint (.pth or .safetensors)")
     p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
     p.add_argument("--classes", help="comma-separated class ids, cycled over the images")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--steps", type=int, default=8, help="generation steps T")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument(
+        "--out", type=Path, help="output folder, new or empty (default samples/PRESET-POLICY-seedS)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=32)
     return parser

@@ -81,3 +81,40 @@ def model_preset_names() -> list[str]:
 
 def generator_preset_names() -> list[str]:
     return sorted(_table()["generators"])
+
+
+@dataclass(frozen=True)
+class WorldPreset:
+    """A world: a model preset, its class names, default ``T``, and where its weights come from.
+
+    :param weights: ``package`` (shipped, verified by manifest) or ``user`` (paths given by flags
+        or the environment variables ``generator_env`` / ``tokenizer_env``).
+    """
+
+    name: str
+    model: ModelPreset
+    steps: int
+    weights: str
+    classes: tuple[str, ...] | None = None
+    generator_env: str | None = None
+    tokenizer_env: str | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+
+def world_preset(name: str) -> WorldPreset:
+    """World preset ``shapes``, ``in256`` or ``in512``."""
+    entry = dict(_lookup("worlds", name))
+    model = model_preset(entry.pop("model"))
+    classes = entry.pop("classes", None)
+    return WorldPreset(name=name, model=model, classes=tuple(classes) if classes else None, **entry)
+
+
+def world_names() -> list[str]:
+    return sorted(_table()["worlds"])

@@ -90,7 +90,7 @@ def test_console_script_runs(weights, tmp_path):
         ({"--classes": "a,b"}, "comma-separated integers"),
         ({"--policy": "autonat-l-t8", "--steps": "6"}, "8 steps only, not 6"),
         ({"--policy": "no-such-schedule"}, "no built-in schedule or file"),
-        ({"--preset": "enat-x"}, "unknown model preset"),
+        ({"--preset": "enat-x"}, "unknown preset .enat-x."),
         ({"--n": "0"}, "must be >= 1"),
     ],
 )

@@ -62,8 +62,8 @@ def train_classifier(
             run.step += 1
             if run.step % 20 == 0:
                 acc = (logits.argmax(1) == labels[idx]).float().mean()
-                run.log({"metric/loss": float(loss), "metric/train_acc": float(acc)})
-                progress.update(task, info=f"loss {float(loss):.3f}")
+                run.log({"metric/loss": loss.item(), "metric/train_acc": acc.item()})
+                progress.update(task, info=f"loss {loss.item():.3f}")
             progress.update(task, completed=run.step)
             if run.due():
                 run.save(

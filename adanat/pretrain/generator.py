@@ -136,12 +136,12 @@ def train_generator(
                     acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
                 run.log(
                     {
-                        "generator/loss": float(loss),
+                        "generator/loss": loss.item(),
                         "generator/masked_acc": float(acc),
                         "generator/lr": lr_at(run.step),
                     }
                 )
-                progress.update(task, info=f"loss {float(loss):.3f}")
+                progress.update(task, info=f"loss {loss.item():.3f}")
             progress.update(task, completed=run.step)
             if run.due():
                 run.save(

@@ -115,9 +115,9 @@ def train_tokenizer(
             if run.step % cfg.restart_every == 0:
                 _restart_dead_codes(model, images, last_used, run.step, cfg.restart_every, gen)
             if run.step % 20 == 0:
-                run.log({f"tokenizer/{k_}": float(v) for k_, v in parts.items()})
+                run.log({f"tokenizer/{k_}": v.item() for k_, v in parts.items()})
                 run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
-                progress.update(task, info=f"l1 {float(parts['l1']):.4f}")
+                progress.update(task, info=f"l1 {parts['l1'].item():.4f}")
             progress.update(task, completed=run.step)
             if run.due():
                 run.save(
