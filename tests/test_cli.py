@@ -141,3 +141,11 @@ def test_staged_dir_leaves_nothing_on_failure(tmp_path):
         (stage / "a.png").write_bytes(b"x")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_imagenet_world_without_weights_names_flag_and_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ADANAT_IN256_GENERATOR", raising=False)
+    monkeypatch.delenv("ADANAT_VQGAN", raising=False)
+    assert main(["sample", "--preset", "in256", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "needs --generator PATH (or set ADANAT_IN256_GENERATOR)" in err and err.count("\n") == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -53,3 +54,15 @@ class ShapesClassifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C)``."""
         return self.head(self.features(images))
+
+
+@torch.no_grad()
+def accuracy(model: ShapesClassifier, images: Tensor, labels: Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy on images ``(N, 3, H, W)`` in [0, 1] (uint8 is scaled)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        correct += int((model(x).argmax(1) == labels[i : i + batch]).sum())
+    return correct / len(images)

@@ -22,18 +22,6 @@ class ClassifierTraining:
     seed: int = 0
 
 
-@torch.no_grad()
-def accuracy(model: ShapesClassifier, images: Tensor, labels: Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy on images ``(N, 3, H, W)`` in [0, 1] (uint8 is scaled)."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        x = images[i : i + batch]
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
-        correct += int((model(x).argmax(1) == labels[i : i + batch]).sum())
-    return correct / len(images)
-
-
 def train_classifier(
     model: ShapesClassifier, images: Tensor, labels: Tensor, run: TrainingRun, cfg: ClassifierTraining
 ) -> ShapesClassifier:

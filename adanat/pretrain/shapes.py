@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adanat.assets import manifest_entry, sha256_of
-from adanat.models.classifier import ClassifierConfig, ShapesClassifier
+from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
 from adanat.presets import generator_config, tokenizer_config
-from adanat.pretrain.classifier import ClassifierTraining, accuracy, train_classifier
+from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer

@@ -1,0 +1,80 @@
+"""The shipped ``shapes`` world: manifest, verified loading, generation quality on a small batch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adanat.assets import AssetError, asset_dir, load_metric_network, read_manifest, verified_file
+from adanat.models.classifier import accuracy
+from adanat.rng import row_generators
+from adanat.sampling import ScheduleController, generate
+from adanat.schedules import load_schedule
+from adanat.weights import load_models
+
+FOLDER = asset_dir("shapes")
+
+
+def test_manifest_lists_verified_small_files():
+    manifest = read_manifest(FOLDER)
+    assert set(manifest["models"]) == {"metric", "tokenizer", "generator"}
+    total = 0
+    for name, entry in manifest["models"].items():
+        path = verified_file(FOLDER, name)
+        total += path.stat().st_size
+        assert entry["command"].startswith("python scripts/pretrain.py")
+        assert entry["config"] and entry["quality"]
+    assert total <= 30 * 2**20
+    q = {k: v["quality"] for k, v in manifest["models"].items()}
+    assert q["metric"]["heldout_accuracy"] >= 0.98
+    assert q["generator"]["class_accuracy_enat_t8"] >= 0.90
+    assert q["tokenizer"]["codebook_usage"] > 0.5
+
+
+def test_corrupt_or_missing_files_are_refused(tmp_path):
+    copy = tmp_path / "shapes"
+    shutil.copytree(FOLDER, copy)
+    data = bytearray((copy / "generator.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "generator.safetensors").write_bytes(bytes(data))
+    with pytest.raises(AssetError, match="corrupt"):
+        verified_file(copy, "generator")
+    (copy / "tokenizer.safetensors").unlink()
+    with pytest.raises(AssetError, match="missing"):
+        verified_file(copy, "tokenizer")
+
+
+@torch.no_grad()
+def test_generated_images_have_the_requested_class():
+    models = load_models("shapes")
+    labels = torch.arange(30) % 10
+    out = generate(
+        models.generator,
+        labels,
+        ScheduleController(load_schedule("enat", steps=8, variant="shapes")),
+        8,
+        row_generators(0, 30),
+        tokenizer=models.tokenizer,
+    )
+    assert out.images.shape == (30, 3, 32, 32)
+    assert float(out.images.min()) >= 0 and float(out.images.max()) <= 1
+    assert accuracy(load_metric_network(), out.images, labels) >= 0.8
+
+
+def test_sample_with_no_other_argument(tmp_path):
+    exe = Path(sys.executable).parent / "adanat"
+    res = subprocess.run(
+        [str(exe), "sample", "--preset", "shapes", "--policy", "enat", "--device", "cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "samples" / "shapes-enat-seed0"
+    assert (out / "grid.png").is_file() and len(list(out.glob("*_class*.png"))) == 16
