@@ -82,21 +82,28 @@ def _load(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> nn.Mod
     return module.eval().requires_grad_(False)
 
 
+def _build_and_load(
+    cls: type[nn.Module],
+    config: object,
+    source: str | Path | dict[str, Tensor],
+    device: torch.device | str,
+    what: str,
+) -> nn.Module:
+    sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
+    with torch.device("meta"):
+        model = cls(config)
+    return _load(model, sd, what).to(device)
+
+
 def load_generator(
     source: str | Path | dict[str, Tensor], config: ENATConfig, device: torch.device | str = "cpu"
 ) -> ENAT:
     """An ENAT built on the meta device and filled from ``source`` (path or state dict)."""
-    sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
-    with torch.device("meta"):
-        model = ENAT(config)
-    return _load(model, sd, "generator").to(device)
+    return _build_and_load(ENAT, config, source, device, "generator")
 
 
 def load_tokenizer(
     source: str | Path | dict[str, Tensor], config: VQGANConfig, device: torch.device | str = "cpu"
 ) -> MaskGITVQGAN:
     """A MaskGIT VQGAN built on the meta device and filled from ``source`` (path or state dict)."""
-    sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
-    with torch.device("meta"):
-        model = MaskGITVQGAN(config)
-    return _load(model, sd, "tokenizer").to(device)
+    return _build_and_load(MaskGITVQGAN, config, source, device, "tokenizer")

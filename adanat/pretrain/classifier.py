@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adanat.models.classifier import ShapesClassifier
-from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.run import TrainingRun, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,8 @@ def train_classifier(
     with run.progress("metric") as progress:
         task = progress.add_task("metric", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * run.step / cfg.steps))
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = warmup_cosine(run.step, cfg.lr, 0, cfg.steps)
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
             logits = model(images[idx].float() / 255)
             loss = F.cross_entropy(logits, labels[idx])

@@ -10,7 +10,6 @@ to form the previous step, whose features come from the EMA model without gradie
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adanat.models.enat import ENAT
-from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.run import TrainingRun, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -101,18 +100,12 @@ def train_generator(
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
     model.train()
     with run.progress("generator") as progress:
         task = progress.add_task("generator", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
             for group in opt.param_groups:
-                group["lr"] = lr_at(run.step)
+                group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps, 0.05)
             idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=gen)
             inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)
             prev = None
@@ -138,7 +131,7 @@ def train_generator(
                     {
                         "generator/loss": loss.item(),
                         "generator/masked_acc": float(acc),
-                        "generator/lr": lr_at(run.step),
+                        "generator/lr": warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps, 0.05),
                     }
                 )
                 progress.update(task, info=f"loss {loss.item():.3f}")

@@ -8,7 +8,6 @@ usage high without an adversarial or perceptual loss (neither is available offli
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.run import TrainingRun, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -90,18 +89,12 @@ def train_tokenizer(
         gen.set_state(state["generator"])
         last_used = state["last_used"]
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
     model.train()
     with run.progress("tokenizer") as progress:
         task = progress.add_task("tokenizer", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
             for group in opt.param_groups:
-                group["lr"] = lr_at(run.step)
+                group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps)
             idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
             images = train[idx].float() / 255  # (B, 3, H, W)
             loss, parts, ids = vq_losses(model, images, cfg.beta)
