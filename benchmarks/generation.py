@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
@@ -68,19 +67,24 @@ def flops_of(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def wall_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def wall_times(
+    cases: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Fastest of ``repeats`` rounds per case, after a warm-up round (the minimum is the least
+    disturbed estimate for deterministic code on a shared machine); the cases are interleaved
+    within each round so that drift hits them alike."""
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for r in range(repeats + 1):
+        for k, fn in cases.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
         "per-sample schedules (loop over rows)": per_row_loop,
     }
     flops = {k: flops_of(fn) / b for k, fn in cases.items()}
-    times = {k: wall_time(fn, args.repeats, device) / b for k, fn in cases.items()}
+    times = {k: t / b for k, t in wall_times(cases, args.repeats, device).items()}
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

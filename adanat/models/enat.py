@@ -156,15 +156,14 @@ class Layout:
 
 
 def attention_mask(query: Layout, keys: list[Layout]) -> Tensor | None:
-    """Key padding mask ``(B, 1, Nq, Nk)`` (True = attend), or None when no row is padded.
+    """Key padding mask ``(B, 1, 1, Nk)`` (True = attend), or None when no row is padded.
 
-    Padded query rows may attend to every key, so no softmax row is empty; their outputs are
-    dropped when unpadding.
+    Only keys are masked: the outputs of padded query rows (whatever they are, NaN included for
+    a row without keys) are dropped when unpadding.
     """
     if query.uniform and all(k.uniform for k in keys):
         return None
-    key_valid = torch.cat([k.valid for k in keys], dim=1)  # (B, Nk)
-    return (key_valid[:, None, :] | ~query.valid[:, :, None])[:, None]  # (B, 1, Nq, Nk)
+    return torch.cat([k.valid for k in keys], dim=1)[:, None, None, :]  # (B, 1, 1, Nk)
 
 
 class Mlp(nn.Module):

@@ -27,7 +27,7 @@ class GeneratorTraining:
     lr: float = 1e-3
     weight_decay: float = 0.03
     warmup: int = 200
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # reached after a warm-up: min(decay, (1 + step) / (10 + step))
     beta_a: float = 12.0
     beta_b: float = 3.0
     label_smoothing: float = 0.1
@@ -121,7 +121,7 @@ def train_generator(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            _ema_update(ema, model, cfg.ema_decay)
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + run.step) / (10 + run.step)))
             run.step += 1
             if run.step % 20 == 0:
                 with torch.no_grad():
