@@ -146,6 +146,8 @@ def run(args: argparse.Namespace) -> None:
         f"per-row loop {loop_ratio:.2f}x"
     )
 
+    if args.quick:
+        print("(--quick: a tiny model, where per-op overhead dominates; the targets are for the default run)")
     if not args.skip_large:
         print()
         large_flops(args.large_preset, device)
