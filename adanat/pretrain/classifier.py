@@ -28,11 +28,8 @@ def train_classifier(
     would change some classes' look, so none is used (the data set is procedural and large)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = run.resume()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+    parts = {"model": model, "optimizer": opt, "generator": gen}
+    run.restore(parts)
     model.train()
     with run.progress("metric") as progress:
         task = progress.add_task("metric", total=cfg.steps, completed=run.step, info="")
@@ -51,8 +48,5 @@ def train_classifier(
                 run.log({"metric/loss": loss.item(), "metric/train_acc": acc.item()})
                 progress.update(task, info=f"loss {loss.item():.3f}")
             progress.update(task, completed=run.step)
-            if run.due():
-                run.save(
-                    {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()}
-                )
+            run.checkpoint(parts)
     return model.eval()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adanat.models.enat import ENAT
-from adanat.pretrain.run import TrainingRun, warmup_cosine
+from adanat.pretrain.run import GlobalRNG, TrainingRun, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,8 @@ def train_generator(
         lr=cfg.lr,
         betas=(0.9, 0.99),
     )
-    state = run.resume()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+    parts = {"model": model, "ema": ema, "optimizer": opt, "generator": gen, "torch_rng": GlobalRNG()}
+    run.restore(parts)
 
     model.train()
     with run.progress("generator") as progress:
@@ -136,16 +131,7 @@ def train_generator(
                 )
                 progress.update(task, info=f"loss {loss.item():.3f}")
             progress.update(task, completed=run.step)
-            if run.due():
-                run.save(
-                    {
-                        "model": model.state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                    }
-                )
+            run.checkpoint(parts)
     return ema
 
 

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -38,6 +39,33 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+class GlobalRNG:
+    """torch's default generator as a checkpointable part (dropout layers draw from it)."""
+
+    def state_dict(self) -> Tensor:
+        return torch.get_rng_state()
+
+    def load_state_dict(self, state: Tensor) -> None:
+        torch.set_rng_state(state)
+
+
+def _state_of(part: Any) -> Any:
+    if isinstance(part, torch.Generator):
+        return part.get_state()
+    if isinstance(part, Tensor):
+        return part.clone()
+    return part.state_dict()
+
+
+def _restore(part: Any, state: Any) -> None:
+    if isinstance(part, torch.Generator):
+        part.set_state(state)
+    elif isinstance(part, Tensor):
+        part.copy_(state)
+    else:
+        part.load_state_dict(state)
 
 
 class TrainingRun:
@@ -70,6 +98,21 @@ class TrainingRun:
 
     def due(self) -> bool:
         return self.step % self.checkpoint_every == 0 or self.step == self.total_steps
+
+    def restore(self, parts: dict[str, Any]) -> bool:
+        """Load the saved state into each part (module, optimiser, generator, tensor, or anything
+        with ``load_state_dict``); False when the stage starts fresh."""
+        state = self.resume()
+        if state is None:
+            return False
+        for name, part in parts.items():
+            _restore(part, state[name])
+        return True
+
+    def checkpoint(self, parts: dict[str, Any]) -> None:
+        """Save every part's state when a checkpoint is due."""
+        if self.due():
+            self.save({name: _state_of(part) for name, part in parts.items()})
 
     def log(self, scalars: dict[str, float]) -> None:
         assert self.writer is not None

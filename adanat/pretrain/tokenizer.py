@@ -72,8 +72,8 @@ def train_tokenizer(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     k = model.config.codebook_size
     last_used = torch.zeros(k, dtype=torch.long)
-    state = run.resume()
-    if state is None:
+    parts = {"model": model, "optimizer": opt, "generator": gen, "last_used": last_used}
+    if not run.restore(parts):
         with torch.no_grad():  # codebook from encoder outputs of a first batch
             idx = torch.randint(0, len(train), (max(cfg.batch_size, k // 16 + 1),), generator=gen)
             z = (
@@ -83,11 +83,6 @@ def train_tokenizer(
             )
             pick = torch.randint(0, len(z), (k,), generator=gen)
             model.quantize.embedding.weight.copy_(z[pick] + 0.01 * torch.randn(k, z.shape[1], generator=gen))
-    else:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        last_used = state["last_used"]
 
     model.train()
     with run.progress("tokenizer") as progress:
@@ -112,15 +107,7 @@ def train_tokenizer(
                 run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
                 progress.update(task, info=f"l1 {parts['l1'].item():.4f}")
             progress.update(task, completed=run.step)
-            if run.due():
-                run.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(),
-                        "last_used": last_used,
-                    }
-                )
+            run.checkpoint(parts)
     return model.eval()
 
 

@@ -1,0 +1,47 @@
+"""An interrupted training stage resumed from its checkpoint ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adanat.models.enat import ENAT
+from adanat.presets import generator_config
+from adanat.pretrain.generator import GeneratorTraining, train_generator
+from adanat.pretrain.run import TrainingRun
+
+
+class InterruptedRun(TrainingRun):
+    """Stops the process (as Ctrl-C would) right after the checkpoint at ``stop``."""
+
+    def __init__(self, folder, total_steps, every, stop):
+        super().__init__(folder, total_steps, every)
+        self.stop = stop
+
+    def checkpoint(self, parts):
+        super().checkpoint(parts)
+        if self.step == self.stop:
+            raise KeyboardInterrupt
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_generator_resume_with_ema_and_dropout(tmp_path):
+    tokens = torch.randint(0, 32, (50, 64))
+    labels = torch.arange(50) % 10
+    cfg = GeneratorTraining(steps=6, batch_size=8, warmup=2)
+
+    def fresh() -> ENAT:
+        torch.manual_seed(0)
+        return ENAT(generator_config("enat-shapes-tiny"))
+
+    straight = train_generator(fresh(), tokens, labels, TrainingRun(tmp_path / "a", 6, 3), cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(fresh(), tokens, labels, InterruptedRun(tmp_path / "b", 6, 3, stop=3), cfg)
+    torch.manual_seed(123)  # a new process: the global RNG state comes from the checkpoint
+    resumed = train_generator(fresh(), tokens, labels, TrainingRun(tmp_path / "b", 6, 3), cfg)
+    assert _same(straight, resumed)
