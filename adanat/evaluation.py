@@ -16,9 +16,10 @@ from torch import Tensor
 from adanat.assets import load_metric_network
 from adanat.metrics import fidelity_metrics, register_shapes_extractor
 from adanat.models.classifier import accuracy
+from adanat.models.enat import ENAT
+from adanat.models.vqgan import MaskGITVQGAN
 from adanat.rng import row_generators
 from adanat.sampling import Controller, generate
-from adanat.weights import LoadedModels
 from adanat.worlds.shapes import ShapesDataset
 
 
@@ -31,7 +32,8 @@ class Samples:
 
 @torch.no_grad()
 def generate_samples(
-    models: LoadedModels,
+    generator: ENAT,
+    tokenizer: MaskGITVQGAN,
     controller: Controller,
     n: int,
     steps: int,
@@ -40,19 +42,13 @@ def generate_samples(
     on_batch: Callable[[int], None] | None = None,
 ) -> Samples:
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
-    device = next(models.generator.parameters()).device
-    labels = torch.arange(n, device=device) % models.preset.num_classes
+    device = next(generator.parameters()).device
+    labels = torch.arange(n, device=device) % generator.config.num_classes
     images, traces = [], []
     for i in range(0, n, batch_size):
         rows = labels[i : i + batch_size]
-        out = generate(
-            models.generator,
-            rows,
-            controller,
-            steps,
-            row_generators(seed, len(rows), device, offset=i),
-            tokenizer=models.tokenizer,
-        )
+        gens = row_generators(seed, len(rows), device, offset=i)
+        out = generate(generator, rows, controller, steps, gens, tokenizer=tokenizer)
         images.append((out.images * 255).round().to(torch.uint8).cpu())
         traces.append(out.trace.cpu())
         if on_batch is not None:

@@ -45,7 +45,13 @@ def main() -> None:
             ctrl = ScheduleController(load_schedule(name, steps=steps, variant="shapes"))
             t0 = time.perf_counter()
             samples = generate_samples(
-                models, ctrl, args.n, steps, args.seed, on_batch=lambda k, t=task: progress.advance(t, k)
+                models.generator,
+                models.tokenizer,
+                ctrl,
+                args.n,
+                steps,
+                args.seed,
+                on_batch=lambda k, t=task: progress.advance(t, k),
             )
             seconds = time.perf_counter() - t0
             rows[f"{name} T={steps}"] = {

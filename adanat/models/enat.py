@@ -213,7 +213,7 @@ class SCAttention(nn.Module):
         attn_mask: Tensor | None,
     ) -> Tensor:
         """``x`` (T, D) modulated self tokens; ``ctx`` (Tc, D) modulated context tokens or None;
-        ``attn_mask`` (B, 1, n, nc + n) bool or None. Returns (T, D)."""
+        ``attn_mask`` (B, 1, 1, nc + n) bool key mask or None. Returns (T, D)."""
         (q,) = self._heads(self.q(x), layout, 1)  # (B, H, n, hd)
         k, v = self._heads(self.kv.B(x), layout, 2)  # 2 x (B, H, n, hd)
         if ctx is not None:

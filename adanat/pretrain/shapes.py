@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adanat.assets import manifest_entry, sha256_of
+from adanat.checkpoints import load_tokenizer
+from adanat.evaluation import generate_samples
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
@@ -26,8 +28,7 @@ from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
-from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
 
@@ -177,9 +178,7 @@ class ShapesPretrainer:
         if path.is_file():
             d = load_file(str(path))
             return d["tokens"], d["labels"]
-        model = MaskGITVQGAN(self.cfg.tokenizer)
-        model.load_state_dict(load_file(str(tok_path)))
-        model.eval()
+        model = load_tokenizer(tok_path, self.cfg.tokenizer)
         images, labels = self.data("train")
         with torch.no_grad():
             tokens = torch.cat(
@@ -207,24 +206,15 @@ class ShapesPretrainer:
     def class_accuracy(self, generator: ENAT) -> dict[str, float]:
         """Share of generated images that the metric network assigns to the requested class,
         with the ENAT sampler (and guidance) at T=8 and 4."""
-        tokenizer = MaskGITVQGAN(self.cfg.tokenizer)
-        tokenizer.load_state_dict(load_file(str(self.out_dir / "tokenizer.safetensors")))
+        tokenizer = load_tokenizer(self.out_dir / "tokenizer.safetensors", self.cfg.tokenizer)
         metric = ShapesClassifier(self.cfg.classifier)
         metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
-        tokenizer.eval(), metric.eval(), generator.eval()
-        n = self.cfg.eval_samples
-        labels = torch.arange(n) % generator.config.num_classes
+        metric.eval(), generator.eval()
         out = {}
         for steps in (8, 4):
             ctrl = ScheduleController(load_schedule("enat", steps=steps, variant="shapes"))
-            images = []
-            for i in range(0, n, 250):
-                rows = labels[i : i + 250]
-                g = generate(
-                    generator, rows, ctrl, steps, row_generators(0, len(rows), offset=i), tokenizer=tokenizer
-                )
-                images.append(g.images)
-            out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, torch.cat(images), labels)
+            samples = generate_samples(generator, tokenizer, ctrl, self.cfg.eval_samples, steps, seed=0)
+            out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, samples.images, samples.labels)
         return out
 
     def run(self, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
