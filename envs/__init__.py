@@ -1,1 +1,39 @@
-"""adanat.envs"""
+"""Generation as reinforcement learning (``adanat.envs``): the batched core, a Gymnasium env
+registered as ``adanat/NAT-<world>-v0``, and a stable-baselines3 VecEnv over batch rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+from adanat.envs.actions import ActionMapping
+from adanat.envs.core import Finished, NATCore
+from adanat.envs.nat_env import NATEnv
+from adanat.envs.observation import ObservationForm
+from adanat.envs.spec import EnvConfig, build_core, default_base_schedule
+from adanat.envs.vec_env import NATVecEnv, make_vec_env
+
+__all__ = [
+    "ActionMapping",
+    "EnvConfig",
+    "Finished",
+    "NATCore",
+    "NATEnv",
+    "NATVecEnv",
+    "ObservationForm",
+    "build_core",
+    "default_base_schedule",
+    "make_env",
+    "make_vec_env",
+]
+
+
+def make_env(world: str = "shapes", device: str = "cpu", **config: Any) -> NATEnv:
+    """A single-sample :class:`NATEnv` for ``world`` (keyword arguments: :class:`EnvConfig`)."""
+    return NATEnv(build_core(EnvConfig(world=world, **config), 1, device))
+
+
+for _world in ("shapes", "in256", "in512"):
+    _id = f"adanat/NAT-{_world}-v0"
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point="adanat.envs:make_env", kwargs={"world": _world})

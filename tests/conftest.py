@@ -47,3 +47,29 @@ def tiny_enat(tiny_preset) -> ENAT:
 def tiny_vqgan(tiny_preset) -> MaskGITVQGAN:
     torch.manual_seed(0)
     return MaskGITVQGAN(tiny_preset.tokenizer).eval()
+
+
+def tiny_reward(seed: int = 0):
+    """An adversarial reward with a small random conv discriminator on the shapes data."""
+    from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
+    from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
+    from adanat.rewards.real_images import ShapesReal
+
+    torch.manual_seed(seed)
+    disc = ConvDiscriminator(ConvDiscriminatorConfig(widths=(8, 16, 32)))
+    return AdversarialReward(disc, ShapesReal(size=200), DiscriminatorTraining(batch_size=16, seed=seed))
+
+
+def tiny_core(num_rows: int, steps: int = 4, observation: str = "compact", reward=None, labels=None):
+    """A :class:`NATCore` on tiny random models with a cosine base schedule (guidance 2)."""
+    from adanat.envs.actions import ActionMapping
+    from adanat.envs.core import NATCore
+    from adanat.schedules import cosine_schedule
+
+    preset = model_preset("tiny")
+    torch.manual_seed(0)
+    vq = MaskGITVQGAN(preset.tokenizer).eval()
+    mapping = ActionMapping(cosine_schedule(steps, guidance=2.0), scale=2.0)
+    return NATCore(
+        random_enat(preset.generator), vq, reward or tiny_reward(), mapping, observation, num_rows, labels
+    )

@@ -39,9 +39,16 @@ def test_normal_install_maps_the_folders(tmp_path):
     assert (target / "adanat" / "py.typed").is_file()
     assert (target / "adanat" / "data" / "schedules" / "autonat-l-t8.json").is_file()
     assert (target / "adanat" / "data" / "presets.json").is_file()
-    probe = "import adanat.envs, adanat.agents, adanat.rewards; print(adanat.envs.__file__)"
+    for sub in ("models", "worlds", "pretrain"):
+        assert (target / "adanat" / sub / "__init__.py").is_file()
+    for name in ("manifest.json", "metric.safetensors", "tokenizer.safetensors"):
+        assert (target / "adanat" / "assets" / "shapes" / name).is_file()
+    probe = (
+        "import adanat.envs, adanat.agents, adanat.rewards, adanat.worlds.shapes, adanat.pretrain.run; "
+        "print(adanat.envs.__file__)"
+    )
     res = subprocess.run(
-        [sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+        [sys.executable, "-c", probe], capture_output=True, text=True,
         env={"PYTHONPATH": str(target)}, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

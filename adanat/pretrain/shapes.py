@@ -47,8 +47,9 @@ class ShapesPretraining:
     tokenizer_training: TokenizerTraining = field(default_factory=TokenizerTraining)
     generator_training: GeneratorTraining = field(default_factory=GeneratorTraining)
     classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
-    codebook_sweep: tuple[int, ...] = (256, 512, 1024)
+    codebook_sweep: tuple[int, ...] = (128, 256, 512)
     sweep_steps: int = 400
+    sweep_tolerance_db: float = 0.5  # the smallest codebook within this PSNR of the best wins
     eval_samples: int = 1000
 
     @staticmethod
@@ -153,20 +154,38 @@ class ShapesPretrainer:
             sweep[str(k)] = evaluate_tokenizer(
                 train_tokenizer(MaskGITVQGAN(cfg), images, run, training), held
             )
+        best = max(r["psnr"] for r in sweep.values())
+        # a smaller codebook gives the generator fewer near-duplicate codes to tell apart
+        k = min(int(k) for k, r in sweep.items() if r["psnr"] >= best - self.cfg.sweep_tolerance_db)
+        config = replace(self.cfg.tokenizer, codebook_size=k)
         torch.manual_seed(self.cfg.tokenizer_training.seed)
-        model = MaskGITVQGAN(self.cfg.tokenizer)
-        run = TrainingRun(self.run_dir / "tokenizer", self.cfg.tokenizer_training.steps)
+        model = MaskGITVQGAN(config)
+        run = TrainingRun(self.run_dir / f"tokenizer-{k}", self.cfg.tokenizer_training.steps)
         model = train_tokenizer(model, images, run, self.cfg.tokenizer_training)
         quality = evaluate_tokenizer(model, held)
         self._write(
             "tokenizer",
             model.state_dict(),
-            self.cfg.tokenizer,
+            config,
             quality,
             time.perf_counter() - t0,
-            codebook_sweep={"steps": self.cfg.sweep_steps, "results": sweep},
+            codebook_sweep={
+                "steps": self.cfg.sweep_steps,
+                "rule": f"smallest codebook within {self.cfg.sweep_tolerance_db} dB of the best PSNR",
+                "results": sweep,
+            },
         )
         return quality
+
+    def tokenizer_config(self) -> VQGANConfig:
+        """The shipped tokenizer's config (its codebook size comes from the sweep)."""
+        manifest = json.loads((self.out_dir / "manifest.json").read_text())
+        cfg = manifest["models"]["tokenizer"]["config"]
+        return VQGANConfig(**{**cfg, "ch_mult": tuple(cfg["ch_mult"])})
+
+    def generator_config(self) -> ENATConfig:
+        """The generator's config, its vocabulary matched to the shipped tokenizer."""
+        return replace(self.cfg.generator, codebook_size=self.tokenizer_config().codebook_size)
 
     def tokens(self) -> tuple[Tensor, Tensor]:
         """The training set tokenised by the shipped tokenizer (cached per tokenizer hash)."""
@@ -178,7 +197,7 @@ class ShapesPretrainer:
         if path.is_file():
             d = load_file(str(path))
             return d["tokens"], d["labels"]
-        model = load_tokenizer(tok_path, self.cfg.tokenizer)
+        model = load_tokenizer(tok_path, self.tokenizer_config())
         images, labels = self.data("train")
         with torch.no_grad():
             tokens = torch.cat(
@@ -194,19 +213,20 @@ class ShapesPretrainer:
         t0 = time.perf_counter()
         tokens, labels = self.tokens()
         torch.manual_seed(self.cfg.generator_training.seed)
-        model = ENAT(self.cfg.generator)
+        config = self.generator_config()
+        model = ENAT(config)
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
         seconds = time.perf_counter() - t0
         quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
-        self._write("generator", ema.state_dict(), self.cfg.generator, quality, seconds)
+        self._write("generator", ema.state_dict(), config, quality, seconds)
         return quality
 
     @torch.no_grad()
     def class_accuracy(self, generator: ENAT) -> dict[str, float]:
         """Share of generated images that the metric network assigns to the requested class,
         with the ENAT sampler (and guidance) at T=8 and 4."""
-        tokenizer = load_tokenizer(self.out_dir / "tokenizer.safetensors", self.cfg.tokenizer)
+        tokenizer = load_tokenizer(self.out_dir / "tokenizer.safetensors", self.tokenizer_config())
         metric = ShapesClassifier(self.cfg.classifier)
         metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
         metric.eval(), generator.eval()

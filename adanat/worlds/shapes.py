@@ -1,15 +1,15 @@
 """``shapes``: a procedural, class-conditional 32x32 RGB image data set generated on the fly.
 
 Each image shows one shape of its class (circle, square, triangle, star, plus, ring, crescent,
-half-disk, double bar, L-corner) at a random position, scale, rotation and colour, on a solid,
-gradient, striped or checkered background, sometimes with small distractor blobs and strokes.
+half-disk, double bar, L-corner) at a random position, scale and rotation, in one of eight palette
+colours, on one of six background colours (solid, gradient or low-contrast stripes), and in three
+images of ten with a small distractor blob or stroke.
 Image ``i`` of a split is a pure function of ``(split seed, i)``; its class is ``i % 10``.
 Shapes are rasterised from signed distance functions with one pixel of anti-aliasing.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass
 
@@ -103,28 +103,47 @@ def shape_sdf(kind: int, px: Tensor, py: Tensor, r: float) -> Tensor:
     raise ValueError(f"unknown shape class {kind}")
 
 
-def _colour(g: torch.Generator, sat: tuple[float, float], val: tuple[float, float]) -> Tensor:
-    h, s, v = torch.rand(3, generator=g).tolist()
-    rgb = colorsys.hsv_to_rgb(h, sat[0] + s * (sat[1] - sat[0]), val[0] + v * (val[1] - val[0]))
-    return torch.tensor(rgb, dtype=torch.float32)
+# Colours come from small palettes, so that the information a generator must learn is mostly
+# geometric (which shape, where, how large, how turned) rather than continuous colour noise.
+FOREGROUND: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.15, 0.15),  # red
+    (0.95, 0.55, 0.10),  # orange
+    (0.95, 0.90, 0.20),  # yellow
+    (0.20, 0.75, 0.25),  # green
+    (0.15, 0.80, 0.85),  # cyan
+    (0.20, 0.35, 0.90),  # blue
+    (0.65, 0.25, 0.80),  # purple
+    (0.95, 0.95, 0.95),  # white
+)
+BACKGROUND: tuple[tuple[float, float, float], ...] = (
+    (0.10, 0.12, 0.25),  # navy
+    (0.18, 0.18, 0.18),  # charcoal
+    (0.10, 0.25, 0.15),  # forest
+    (0.30, 0.10, 0.12),  # maroon
+    (0.75, 0.68, 0.50),  # sand
+    (0.45, 0.50, 0.55),  # slate
+)
+
+
+def _pick(g: torch.Generator, palette: tuple[tuple[float, float, float], ...]) -> Tensor:
+    return torch.tensor(palette[int(torch.randint(0, len(palette), (1,), generator=g))])  # (3,)
 
 
 def _background(g: torch.Generator, x: Tensor, y: Tensor) -> Tensor:
-    base = _colour(g, (0.0, 0.5), (0.15, 0.95))  # (3,)
-    other = (base + (torch.rand(3, generator=g) - 0.5) * 0.3).clamp(0, 1)  # (3,)
-    kind = int(torch.randint(0, 4, (1,), generator=g))
+    """Solid (1/2), gradient (1/4) or low-contrast stripes (1/4) from a background colour."""
+    base = _pick(g, BACKGROUND)  # (3,)
+    shift = 0.12 if float(base.mean()) < 0.5 else -0.12
+    other = (base + shift).clamp(0, 1)  # (3,)
+    kind = int(torch.multinomial(torch.tensor([0.5, 0.25, 0.25]), 1, generator=g))
     a = float(torch.rand(1, generator=g)) * 2 * math.pi
     u = (x * math.cos(a) + y * math.sin(a)) / IMAGE_SIZE  # (H, W)
     if kind == 0:  # solid
         t = torch.zeros_like(x)
     elif kind == 1:  # gradient
         t = (u - u.min()) / (u.max() - u.min())
-    elif kind == 2:  # stripes
-        period = 4 + 6 * float(torch.rand(1, generator=g))
+    else:  # stripes
+        period = 6 + 4 * float(torch.rand(1, generator=g))
         t = (torch.sin(2 * math.pi * u * IMAGE_SIZE / period) > 0).float()
-    else:  # checker
-        cell = int(torch.randint(3, 8, (1,), generator=g))
-        t = (((x // cell) + (y // cell)) % 2).float()
     return base[:, None, None] * (1 - t) + other[:, None, None] * t  # (3, H, W)
 
 
@@ -133,11 +152,10 @@ def render(seed: int, index: int, label: int) -> Tensor:
     g = _generator(seed, index)
     x, y = _grid()
     image = _background(g, x, y)  # (3, H, W)
-    # distractors: small blobs or short strokes, drawn under the main shape
-    n_distract = int(torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), 1, generator=g))
-    for _ in range(n_distract):
+    # a distractor in 3 images of 10: a small blob or a short stroke, drawn under the main shape
+    if float(torch.rand(1, generator=g)) < 0.3:
         cx, cy = (torch.rand(2, generator=g) * IMAGE_SIZE).tolist()
-        col = _colour(g, (0.3, 1.0), (0.3, 1.0))
+        col = _pick(g, FOREGROUND)
         if float(torch.rand(1, generator=g)) < 0.5:
             sdf = torch.hypot(x - cx, y - cy) - (1.0 + 1.5 * float(torch.rand(1, generator=g)))
         else:
@@ -145,17 +163,18 @@ def render(seed: int, index: int, label: int) -> Tensor:
             px = (x - cx) * math.cos(a) + (y - cy) * math.sin(a)
             py = -(x - cx) * math.sin(a) + (y - cy) * math.cos(a)
             sdf = _box(px, py, 2.5 + 2 * float(torch.rand(1, generator=g)), 0.6)
-        alpha = (0.5 - sdf).clamp(0, 1)
+        alpha = (0.5 - sdf).clamp(0, 1)  # (H, W)
         image = image * (1 - alpha) + col[:, None, None] * alpha
-    # the main shape: contrasting colour, random scale, rotation and position
-    r = 6.5 + 5.0 * float(torch.rand(1, generator=g))
+    # the main shape: a palette colour that stands out, random scale, rotation and position
+    r = 8.0 + 4.0 * float(torch.rand(1, generator=g))
     angle = float(torch.rand(1, generator=g)) * 2 * math.pi
     margin = r * 0.9
     cx, cy = (margin + torch.rand(2, generator=g) * (IMAGE_SIZE - 2 * margin)).tolist()
-    col = _colour(g, (0.5, 1.0), (0.5, 1.0))
-    bg_mean = image.mean(dim=(1, 2))
-    if (col - bg_mean).abs().sum() < 0.6:  # keep the shape visible against the background
-        col = 1.0 - col
+    k = int(torch.randint(0, len(FOREGROUND), (1,), generator=g))
+    bg_mean = image.mean(dim=(1, 2))  # (3,)
+    while (torch.tensor(FOREGROUND[k]) - bg_mean).abs().sum() < 0.6:  # visible against the background
+        k = (k + 1) % len(FOREGROUND)
+    col = torch.tensor(FOREGROUND[k])  # (3,)
     px = (x - cx) * math.cos(angle) + (y - cy) * math.sin(angle)
     py = -(x - cx) * math.sin(angle) + (y - cy) * math.cos(angle)
     alpha = (0.5 - shape_sdf(label, px, py, r)).clamp(0, 1)  # (H, W)

@@ -1,0 +1,82 @@
+"""Evaluating a policy against its base schedule on held-out seeds with the current reward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from adanat.agents.export import Actor, PolicyController, PolicyMeta
+from adanat.envs.core import NATCore
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from adanat.rng import row_generators
+from adanat.sampling import Controller, ScheduleController, generate
+from adanat.schedules import CONTROL_NAMES
+
+
+@dataclass
+class EvalResult:
+    policy_reward: float
+    base_reward: float
+    policy_rewards: Tensor  # (E,)
+    base_rewards: Tensor  # (E,)
+    grid: Tensor  # (3, H, W) policy samples, one column per class
+    trace: Tensor  # (E, T, 4) the policy's controls
+    base: Tensor  # (T, 4) the base schedule
+
+    def figure(self) -> Figure:
+        """Per control: the policy's mean over samples with +-1 std band, and the base schedule."""
+        fig = Figure(figsize=(12, 2.8))
+        steps = torch.arange(self.trace.shape[1]).numpy()
+        for j, name in enumerate(CONTROL_NAMES):
+            ax = fig.add_subplot(1, 4, j + 1)
+            mean, std = self.trace[:, :, j].mean(0).numpy(), self.trace[:, :, j].std(0).numpy()
+            ax.plot(steps, mean, label="policy (mean)")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.3, label="policy (+-1 std)")
+            ax.plot(steps, self.base[:, j].numpy(), "k--", label="base")
+            ax.set_title(name)
+            ax.set_xlabel("step")
+        fig.axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+
+class PolicyEvaluator:
+    """Generates ``episodes`` images (labels cycle over the classes) from fixed seeds with a
+    policy's mean action and with the base schedule, and scores both with the core's reward."""
+
+    def __init__(self, core: NATCore, episodes: int, seed: int) -> None:
+        self.core, self.episodes, self.seed = core, episodes, seed
+
+    @torch.no_grad()
+    def _run(self, controller: Controller) -> tuple[Tensor, Tensor, Tensor]:
+        core = self.core
+        classes = core.generator.config.num_classes
+        rewards, images, traces = [], [], []
+        for start in range(0, self.episodes, core.num_rows):
+            n = min(core.num_rows, self.episodes - start)
+            labels = (torch.arange(start, start + n) % classes).to(core.device)  # (n,)
+            gens = row_generators(self.seed, n, core.device, offset=start)
+            out = generate(core.generator, labels, controller, core.steps, gens, core.tokenizer)
+            assert out.images is not None
+            rewards.append(core.reward(out.images, labels).float().cpu())
+            images.append(out.images.cpu())
+            traces.append(out.trace.cpu())
+        return torch.cat(rewards), torch.cat(images), torch.cat(traces)
+
+    def run(self, actor: Actor, meta: PolicyMeta) -> EvalResult:
+        policy_r, images, trace = self._run(PolicyController(actor, meta))
+        base_r, _, _ = self._run(ScheduleController(self.core.mapping.base))
+        classes = self.core.generator.config.num_classes
+        shown = images[: classes * max(1, min(4, len(images) // classes))]
+        return EvalResult(
+            policy_reward=float(policy_r.mean()),
+            base_reward=float(base_r.mean()),
+            policy_rewards=policy_r,
+            base_rewards=base_r,
+            grid=make_grid(shown, nrow=classes, padding=1, pad_value=1.0),
+            trace=trace,
+            base=self.core.mapping.base.tensor("cpu"),
+        )

@@ -1,0 +1,153 @@
+"""Exported policies: safetensors weights + JSON metadata, loaded without pickle.
+
+An export holds the actor only (features extractor + action head) and everything needed to
+use it safely: world, generator and tokenizer identity (sha256), ``T``, the action mapping, the
+base schedule, the observation form and the extractor config. :class:`PolicyController` plugs it
+into :func:`adanat.sampling.generate`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.envs.actions import ActionMapping
+from adanat.envs.observation import ObservationForm
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from adanat.sampling import Controls, GenerationState
+from adanat.schedules import Schedule, schedule_from_dict
+
+FORMAT = "adanat-policy/1"
+WEIGHTS, META = "policy.safetensors", "policy.json"
+
+
+class PolicyError(ValueError):
+    """A policy folder is missing, malformed, or made for other models."""
+
+
+class Actor(nn.Module):
+    """Mean action ``(B, 4)`` from an observation: extractor + linear head (SB3's ``action_net``)."""
+
+    def __init__(self, form: ObservationForm, config: ExtractorConfig) -> None:
+        super().__init__()
+        self.extractor = AdaNATExtractor(form.space(), config)
+        self.head = nn.Linear(config.features_dim, 4)
+
+    def forward(self, features: Tensor, step: Tensor) -> Tensor:
+        return self.head(self.extractor({"features": features, "step": step}))
+
+
+@dataclass
+class PolicyMeta:
+    world: str
+    generator_sha256: str
+    tokenizer_sha256: str
+    steps: int
+    mapping: ActionMapping
+    form: ObservationForm
+    extractor: ExtractorConfig
+    std: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "world": self.world,
+            "generator_sha256": self.generator_sha256,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "steps": self.steps,
+            "action_mapping": self.mapping.to_dict(),
+            "base_schedule": self.mapping.base.to_dict(),
+            "observation": {"kind": self.form.kind, "grid": self.form.grid, "width": self.form.width},
+            "extractor": self.extractor.to_dict(),
+            "exploration_std": self.std,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PolicyMeta:
+        if d.get("format") != FORMAT:
+            raise PolicyError(f"not an adanat policy (format {d.get('format')!r}, expected {FORMAT})")
+        try:
+            steps = int(d["steps"])
+            base: Schedule = schedule_from_dict(d["base_schedule"], steps=steps)
+            obs = d["observation"]
+            return PolicyMeta(
+                world=str(d["world"]),
+                generator_sha256=str(d["generator_sha256"]),
+                tokenizer_sha256=str(d["tokenizer_sha256"]),
+                steps=steps,
+                mapping=ActionMapping(base, float(d["action_mapping"]["scale"])),
+                form=ObservationForm(str(obs["kind"]), int(obs["grid"]), int(obs["width"]), steps),
+                extractor=ExtractorConfig(**{k: int(v) for k, v in d["extractor"].items()}),
+                std=float(d["exploration_std"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PolicyError(f"malformed policy metadata: {e}") from None
+
+
+def export_policy(folder: Path, actor: Actor, meta: PolicyMeta) -> None:
+    """Write ``policy.safetensors`` and ``policy.json`` into ``folder`` (atomically, file by file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
+    tmp = folder / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS)
+    tmp_meta = folder / f".{META}.tmp"
+    tmp_meta.write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    tmp_meta.replace(folder / META)
+
+
+def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor, PolicyMeta]:
+    """Read an exported policy (no pickle)."""
+    folder = Path(folder)
+    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
+        raise PolicyError(f"{folder} is not a policy folder (needs {META} and {WEIGHTS})")
+    try:
+        meta = PolicyMeta.from_dict(json.loads((folder / META).read_text()))
+    except json.JSONDecodeError as e:
+        raise PolicyError(f"{folder / META} is not valid JSON ({e.msg})") from None
+    actor = Actor(meta.form, meta.extractor)
+    try:
+        actor.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+    except (RuntimeError, OSError) as e:
+        raise PolicyError(
+            f"{folder / WEIGHTS} does not hold this policy's weights: {str(e).splitlines()[0]}"
+        ) from None
+    return actor.to(device).eval(), meta
+
+
+class PolicyController:
+    """A learned policy as a :class:`~adanat.sampling.Controller`: the mean action by default, or
+    actions sampled with the exploration std from ``generator`` when ``stochastic``."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        meta: PolicyMeta,
+        stochastic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if stochastic and generator is None:
+            raise ValueError("a stochastic policy needs a torch.Generator")
+        self.actor, self.meta, self.stochastic, self.generator = actor, meta, stochastic, generator
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> Controls:
+        if state.steps != self.meta.steps:
+            raise ValueError(
+                f"the policy was trained for {self.meta.steps} steps, generation asks for {state.steps}"
+            )
+        feats = self.meta.form.features(state.features).float()  # (B, N, D)
+        step = torch.full((feats.shape[0],), state.step, device=feats.device)  # (B,)
+        mean = self.actor(feats, step)  # (B, 4)
+        action = mean
+        if self.stochastic:
+            assert self.generator is not None
+            noise = torch.randn(mean.shape, generator=self.generator, device=self.generator.device)  # (B, 4)
+            action = mean + self.meta.std * noise.to(mean.device)
+        return self.meta.mapping.controls(action.clamp(-1, 1), state.step)

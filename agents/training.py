@@ -1,0 +1,324 @@
+"""Training a generation policy with stable-baselines3 PPO: setup, run folder, resume, export.
+
+The run folder holds ``checkpoint/`` (policy and optimiser, reward/discriminator state, counters
+and random states; replaced atomically), ``sb3_model.zip`` (SB3's own format, for SB3 users;
+adanat never loads it, as it is a pickle), ``policy/`` (the exported actor) and ``tb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from adanat.agents.callbacks import (
+    Every,
+    ExplorationStd,
+    FiniteGuard,
+    NonFiniteError,
+    RewardRounds,
+    RichProgress,
+    rollouts_done,
+    std_at,
+)
+from adanat.agents.evaluation import PolicyEvaluator
+from adanat.agents.export import Actor, PolicyMeta, export_policy
+from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.envs.spec import EnvConfig, build_core
+from adanat.envs.vec_env import NATVecEnv, make_vec_env
+from adanat.rewards.base import LearnedReward
+from adanat.rewards.registry import make_reward
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save_file
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
+
+from adanat.assets import sha256_of
+from adanat.weights import load_models
+
+
+@dataclass(frozen=True)
+class PolicyTraining:
+    """PPO settings (AdaNAT's where they carry over: gamma = lambda = 1, clip 0.2, 5 epochs,
+    fixed exploration std 0.6 then 0.3 after 500 updates, 5 discriminator updates a round).
+
+    :param episodes: total episodes (images) to train on.
+    :param num_envs: rows of the generation batch (SB3 sub-environments).
+    :param episodes_per_update: episodes per PPO rollout (a multiple of ``num_envs``).
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    episodes: int = 12_288
+    num_envs: int = 64
+    episodes_per_update: int = 128
+    learning_rate: float = 3e-4
+    n_epochs: int = 5
+    minibatch: int = 256
+    clip_range: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    std_schedule: tuple[tuple[int, float], ...] = ((0, 0.6), (500, 0.3))
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    eval_every: int = 16
+    eval_episodes: int = 128
+    eval_seed: int = 1_000_000
+    save_every: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_update % self.num_envs:
+            raise ValueError("episodes_per_update must be a multiple of num_envs")
+
+    @property
+    def n_steps(self) -> int:
+        """SB3 ``n_steps`` per sub-environment: a multiple of ``T``."""
+        return self.env.steps * self.episodes_per_update // self.num_envs
+
+    @property
+    def updates(self) -> int:
+        return math.ceil(self.episodes / self.episodes_per_update)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+class PolicyTrainer:
+    """Builds env, reward and PPO for a :class:`PolicyTraining` and runs it in ``run_dir``."""
+
+    def __init__(
+        self, cfg: PolicyTraining, run_dir: Path, device: str = "cpu", log_dir: Path | None = None
+    ) -> None:
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.log_dir = Path(log_dir) if log_dir else self.run_dir / "tb"
+        env = cfg.env
+        self.models = load_models(env.preset or env.world, env.generator, env.tokenizer, device)
+        self.reward = make_reward(env.reward, env.world, env.reward_options, device)
+        self.core = build_core(env, cfg.num_envs, device, self.models, self.reward)
+        self.monitor = make_vec_env(self.core, cfg.seed)
+        self.venv: NATVecEnv = self.monitor.venv  # type: ignore[assignment]
+        self.model = PPO(
+            "MultiInputPolicy",
+            self.monitor,
+            learning_rate=cfg.learning_rate,
+            n_steps=cfg.n_steps,
+            batch_size=cfg.minibatch,
+            n_epochs=cfg.n_epochs,
+            gamma=1.0,
+            gae_lambda=1.0,
+            clip_range=cfg.clip_range,
+            ent_coef=cfg.ent_coef,
+            vf_coef=cfg.vf_coef,
+            max_grad_norm=cfg.max_grad_norm,
+            policy_kwargs={
+                "features_extractor_class": AdaNATExtractor,
+                "features_extractor_kwargs": {"config": cfg.extractor},
+                "share_features_extractor": False,
+                "net_arch": {"pi": [], "vf": []},
+                "log_std_init": math.log(cfg.std_schedule[0][1]),
+            },
+            seed=cfg.seed,
+            device=device,
+        )
+        with torch.no_grad():  # the untrained policy's mean action is 0: the base schedule
+            self.model.policy.action_net.weight.zero_()
+            self.model.policy.action_net.bias.zero_()
+        self.model.set_logger(configure(str(self.log_dir), ["tensorboard"]))
+        self.writer = next(
+            f.writer for f in self.model.logger.output_formats if isinstance(f, TensorBoardOutputFormat)
+        )
+        self.evaluator = PolicyEvaluator(self.core, cfg.eval_episodes, cfg.eval_seed)
+        self.resumed = False
+        self._digests: tuple[str, str] | None = None
+
+    # -- the exported actor ------------------------------------------------------------
+    def actor(self) -> Actor:
+        actor = Actor(self.core.form, self.cfg.extractor)
+        pol = self.model.policy
+        actor.extractor.load_state_dict(pol.pi_features_extractor.state_dict())
+        actor.head.load_state_dict(pol.action_net.state_dict())
+        return actor.to(self.device).eval()
+
+    def meta(self) -> PolicyMeta:
+        if self._digests is None:
+            self._digests = (sha256_of(self.models.generator_file), sha256_of(self.models.tokenizer_file))
+        return PolicyMeta(
+            world=self.cfg.env.world,
+            generator_sha256=self._digests[0],
+            tokenizer_sha256=self._digests[1],
+            steps=self.cfg.env.steps,
+            mapping=self.core.mapping,
+            form=self.core.form,
+            extractor=self.cfg.extractor,
+            std=std_at(self.cfg.std_schedule, rollouts_done(self.model)),
+        )
+
+    # -- checkpoints -----------------------------------------------------------------
+    def save(self) -> None:
+        """Write ``checkpoint/`` atomically (tmp folder, then swap), then the SB3 zip and export."""
+        final = self.run_dir / "checkpoint"
+        tmp, old = self.run_dir / "checkpoint.tmp", self.run_dir / "checkpoint.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        pol = self.model.policy
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in pol.state_dict().items()},
+            str(tmp / "policy.safetensors"),
+        )
+        torch.save(pol.optimizer.state_dict(), tmp / "optimizer.pt")
+        if isinstance(self.reward, LearnedReward):
+            torch.save(self.reward.state_dict(), tmp / "reward.pt")
+        np_state = np.random.get_state()
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "numpy_pos": int(np_state[2]),
+                "python": list(random.getstate()[1]),
+                "rows": [g.get_state() for g in self.core.generators],
+                "labels": self.core.labels.cpu(),
+            },
+            tmp / "rng.pt",
+        )
+        state = {
+            "num_timesteps": int(self.model.num_timesteps),
+            "n_updates": int(self.model._n_updates),
+            "rollouts": rollouts_done(self.model),
+            "episodes": int(self.model.num_timesteps // self.cfg.env.steps),
+            "config": _jsonable(asdict(self.cfg)),
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        zip_tmp = self.run_dir / "sb3_model.tmp.zip"
+        self.model.save(zip_tmp)
+        zip_tmp.replace(self.run_dir / "sb3_model.zip")
+        export_policy(self.run_dir / "policy", self.actor(), self.meta())
+
+    def restore(self) -> dict[str, Any]:
+        """Continue from ``checkpoint/`` (or ``checkpoint.old`` after a crash mid-swap)."""
+        folder = self.run_dir / "checkpoint"
+        if not folder.is_dir():
+            folder = self.run_dir / "checkpoint.old"
+        state = json.loads((folder / "state.json").read_text())
+        pol = self.model.policy
+        pol.load_state_dict(load_file(str(folder / "policy.safetensors"), device=str(self.device)))
+        pol.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        if isinstance(self.reward, LearnedReward):
+            self.reward.load_state_dict(torch.load(folder / "reward.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+        self.model.num_timesteps = int(state["num_timesteps"])
+        self.model._n_updates = int(state["n_updates"])
+        # the env: start episodes, then put the row streams and labels back as they were
+        self.venv.seed(self.cfg.seed)
+        self.monitor.reset()
+        for g, s in zip(self.core.generators, rng["rows"], strict=True):
+            g.set_state(s)
+        self.model._last_obs = self.core.set_labels(rng["labels"])  # type: ignore[assignment]
+        self.model._last_episode_starts = np.ones((self.cfg.num_envs,), dtype=bool)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(
+            ("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0)
+        )
+        random.setstate((3, tuple(rng["python"]), None))
+        self.resumed = True
+        return state
+
+    # -- evaluation ------------------------------------------------------------------
+    def evaluate(self, updates: int) -> dict[str, float]:
+        result = self.evaluator.run(self.actor(), self.meta())
+        step = int(self.model.num_timesteps)
+        self.writer.add_scalar("eval/reward_policy", result.policy_reward, step)
+        self.writer.add_scalar("eval/reward_base", result.base_reward, step)
+        self.writer.add_image("eval/samples", result.grid, step)
+        self.writer.add_figure("eval/schedule", result.figure(), step)
+        self.writer.flush()
+        return {"policy": result.policy_reward, "base": result.base_reward}
+
+    # -- the run ---------------------------------------------------------------------
+    def train(self) -> dict[str, float]:
+        """Train to ``cfg.episodes``; Ctrl-C saves and returns. Returns the final evaluation."""
+        cfg, steps = self.cfg, self.cfg.env.steps
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        total = cfg.updates * cfg.episodes_per_update * steps
+        remaining = max(total - int(self.model.num_timesteps), 0)
+        rounds = RewardRounds(self.venv, self.reward, self.writer)
+        stop = StopOnSignal(self.save)
+        columns = (
+            TextColumn("[bold]PPO"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        with Progress(*columns) as progress:
+            task = progress.add_task(
+                "episodes", total=total // steps, completed=self.model.num_timesteps // steps, info=""
+            )
+            callbacks = CallbackList(
+                [
+                    ExplorationStd(cfg.std_schedule),
+                    FiniteGuard(),
+                    rounds,
+                    RichProgress(progress, task, steps, rounds),
+                    Every(cfg.save_every, lambda _: self.save()),
+                    Every(cfg.eval_every, self.evaluate),
+                    stop,
+                ]
+            )
+            previous = signal.signal(signal.SIGINT, stop.request)
+            try:
+                if remaining:
+                    self.model.learn(remaining, callback=callbacks, reset_num_timesteps=not self.resumed)
+            except NonFiniteError as e:
+                raise NonFiniteError(
+                    f"{e}; the last good checkpoint is in {self.run_dir / 'checkpoint'}"
+                ) from None
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        if stop.stopped:
+            return {}
+        self.save()
+        return self.evaluate(rollouts_done(self.model))
+
+
+class StopOnSignal(BaseCallback):
+    """Ctrl-C asks the run to stop: at the next consistent point (the start of a rollout,
+    after a PPO update) it saves and ends training. A second Ctrl-C stops at once."""
+
+    def __init__(self, save: Callable[[], None]) -> None:
+        super().__init__()
+        self.save_fn = save
+        self.requested = self.stopped = False
+
+    def request(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _on_rollout_start(self) -> None:
+        if self.requested and not self.stopped:
+            self.save_fn()
+            self.stopped = True
+
+    def _on_step(self) -> bool:
+        return not self.stopped

@@ -1,0 +1,74 @@
+"""Building an environment core from a world: models, reward, base schedule, observation form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from adanat.envs.actions import ActionMapping
+from adanat.envs.core import NATCore
+from adanat.rewards.base import Reward
+from adanat.rewards.registry import RewardOptions, make_reward
+
+from adanat.schedules import Schedule, builtin_schedule_names, load_schedule
+from adanat.weights import LoadedModels, load_models
+
+
+def default_base_schedule(world: str, steps: int) -> Schedule:
+    """The world's AutoNAT baseline for ``steps``: a schedule searched for the world
+    (``autonat-<world>-t<T>``) when one ships, else the published ``autonat-l-t8`` at T=8,
+    else the ENAT schedule of the world."""
+    searched = f"autonat-{world}-t{steps}"
+    if searched in builtin_schedule_names():
+        return load_schedule(searched, steps=steps)
+    if steps == 8:
+        return load_schedule("autonat-l-t8", steps=8)
+    return load_schedule("enat", steps=steps, variant=world)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """An environment's settings.
+
+    :param world: ``shapes``, ``in256`` or ``in512``.
+    :param steps: generation steps ``T`` per episode.
+    :param reward: reward name (see :func:`adanat.rewards.reward_names`).
+    :param base: base schedule name or JSON path; None for :func:`default_base_schedule`.
+    :param observation: ``compact`` or ``full``.
+    :param action_scale: pre-activation distance of a unit action.
+    :param preset: model preset to load instead of the world's own (tests use ``tiny``).
+    :param generator: generator weights (ImageNet worlds; ``shapes`` ships its own).
+    :param tokenizer: tokenizer weights (ImageNet worlds).
+    """
+
+    world: str = "shapes"
+    steps: int = 8
+    reward: str = "adversarial"
+    base: str | None = None
+    observation: str = "compact"
+    action_scale: float = 2.0
+    preset: str | None = None
+    generator: Path | None = None
+    tokenizer: Path | None = None
+    reward_options: RewardOptions = field(default_factory=RewardOptions)
+
+    def base_schedule(self) -> Schedule:
+        if self.base is None:
+            return default_base_schedule(self.world, self.steps)
+        return load_schedule(self.base, steps=self.steps, variant=self.world)
+
+
+def build_core(
+    config: EnvConfig,
+    num_rows: int,
+    device: torch.device | str = "cpu",
+    models: LoadedModels | None = None,
+    reward: Reward | None = None,
+    labels: torch.Tensor | None = None,
+) -> NATCore:
+    """A :class:`NATCore` for ``config`` (loads models and builds the reward unless given)."""
+    models = models or load_models(config.preset or config.world, config.generator, config.tokenizer, device)
+    reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
+    mapping = ActionMapping(config.base_schedule(), config.action_scale)
+    return NATCore(models.generator, models.tokenizer, reward, mapping, config.observation, num_rows, labels)

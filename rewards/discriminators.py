@@ -1,0 +1,148 @@
+"""Class-conditional discriminators: a small conv net for ``shapes``, DINO-projected for ImageNet.
+
+Both return per-location logits ``(B, N)``; the image's logit is their mean. Class conditioning
+is by projection: each location's logit adds the inner product of its feature with a class
+embedding (Miyato & Koyama 2018), as in the projected discriminator AdaNAT uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+@dataclass(frozen=True)
+class ConvDiscriminatorConfig:
+    widths: tuple[int, ...] = (32, 64, 128)
+    num_classes: int = 10
+
+
+class ConvDiscriminator(nn.Module):
+    """Projection discriminator for small images: spectral-normalised stride-2 convs, then
+    a logit per location of the last feature map (``(B, (H / 2^(n-1))^2)``)."""
+
+    def __init__(self, config: ConvDiscriminatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c in enumerate(config.widths):
+            stride = 1 if i == 0 else 2
+            layers += [spectral_norm(nn.Conv2d(c_in, c, 3, stride, 1)), nn.LeakyReLU(0.2)]
+            c_in = c
+        self.body = nn.Sequential(*layers)
+        self.out = spectral_norm(nn.Conv2d(c_in, 1, 1))
+        self.embed = nn.Embedding(config.num_classes, c_in)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Logits ``(B, N)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
+        h = self.body(images * 2 - 1)  # (B, C, h, w)
+        proj = (h * self.embed(labels)[:, :, None, None]).sum(1) / math.sqrt(h.shape[1])  # (B, h, w)
+        return (self.out(h)[:, 0] + proj).flatten(1)  # (B, h*w)
+
+
+class _Head(nn.Module):
+    """A projected-discriminator head on one layer's tokens ``(B, D, N)``."""
+
+    def __init__(self, dim: int, width: int, cmap: int) -> None:
+        super().__init__()
+        self.inp = spectral_norm(nn.Conv1d(dim, width, 1))
+        self.res = spectral_norm(nn.Conv1d(width, width, 9, padding=4, padding_mode="circular"))
+        self.out = spectral_norm(nn.Conv1d(width, cmap, 1))
+
+    def forward(self, x: Tensor, cmap: Tensor) -> Tensor:
+        h = F.leaky_relu(self.inp(x), 0.2)  # (B, W, N)
+        h = (F.leaky_relu(self.res(h), 0.2) + h) / math.sqrt(2)  # (B, W, N)
+        return (self.out(h) * cmap[:, :, None]).sum(1) / math.sqrt(cmap.shape[1])  # (B, N)
+
+
+class ProjectedDiscriminator(nn.Module):
+    """Heads on frozen ViT features (patch embedding and a few blocks), class-projected.
+
+    :param backbone: a timm ``VisionTransformer`` (DINO ViT-S/16 for ImageNet); kept frozen.
+    :param hooks: indices of the blocks whose outputs the heads read (the patch embedding is
+        always read too).
+    :param input_size: images are resized to this before the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hooks: tuple[int, ...] = (2, 5, 8, 11),
+        num_classes: int = 1000,
+        width: int = 64,
+        cmap: int = 64,
+        input_size: int = 224,
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.hooks, self.input_size = hooks, input_size
+        dim = backbone.embed_dim
+        self.heads = nn.ModuleList([_Head(dim, width, cmap) for _ in range(len(hooks) + 1)])
+        self.embed = nn.Embedding(num_classes, cmap)
+        self.register_buffer("mean", torch.tensor(mean)[None, :, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(std)[None, :, None, None], persistent=False)
+
+    def train(self, mode: bool = True) -> ProjectedDiscriminator:
+        super().train(mode)
+        self.backbone.eval()  # frozen, always in eval mode
+        return self
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Token features ``(B, D, N)`` at the patch embedding and each hooked block."""
+        x = F.interpolate(images, size=self.input_size, mode="area")  # (B, 3, S, S)
+        x = (x - self.mean) / self.std
+        vit = self.backbone
+        x = vit.patch_embed(x)  # (B, N, D)
+        x = vit._pos_embed(x)  # (B, P + N, D) with the prefix (CLS) tokens
+        prefix = vit.num_prefix_tokens
+        out = [x]
+        for i, block in enumerate(vit.blocks):
+            x = block(x)
+            if i in self.hooks:
+                out.append(x)
+        # the CLS token is added to every patch token, then dropped
+        return [(t[:, prefix:] + t[:, :1]).transpose(1, 2) for t in out]
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Logits ``(B, heads * N)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
+        cmap = self.embed(labels)  # (B, C)
+        return torch.cat([h(f, cmap) for h, f in zip(self.heads, self.features(images), strict=True)], 1)
+
+
+DINO_MODEL = "vit_small_patch16_224.dino"
+
+
+def dino_backbone(weights: Path | None = None) -> nn.Module:
+    """The frozen DINO ViT-S/16 from a user file (safetensors or a weights-only torch file),
+    or from the Hugging Face cache timm uses. Never downloads."""
+    import timm
+
+    from adanat.checkpoints import read_state_dict
+
+    model = timm.create_model(DINO_MODEL, pretrained=False, num_classes=0)
+    if weights is None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = model.pretrained_cfg.get("hf_hub_id") or "timm/vit_small_patch16_224.dino"
+        cached = try_to_load_from_cache(repo, "model.safetensors")
+        if not isinstance(cached, str):
+            raise FileNotFoundError(
+                f"DINO weights are not in the timm cache ({repo}); pass --dino PATH "
+                "(a model.safetensors of vit_small_patch16_224.dino)"
+            )
+        weights = Path(cached)
+    state = read_state_dict(Path(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or [k for k in unexpected if not k.startswith("head")]:
+        raise ValueError(f"{weights} is not a ViT-S/16 state dict (missing {missing[:3]})")
+    return model
