@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -17,13 +17,14 @@ from typing import NoReturn
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.outputs import OutputError, check_output_dir, save_grid, save_images, staged_dir
-from adanat.presets import ModelPreset, model_preset_names, world_names
-from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.presets import ModelPreset, model_preset_names, world_names, world_preset
+from adanat.rng import Generators, row_generators
+from adanat.sampling import Controller, ScheduleController, generate
 from adanat.schedules import CONTROL_NAMES, ScheduleError, builtin_schedule_names, load_schedule
-from adanat.weights import load_models, resolve_preset
+from adanat.weights import LoadedModels, load_models, resolve_preset
 
 
 class UsageError(ValueError):
@@ -79,40 +80,84 @@ class SampleArgs:
     tokenizer: Path | None
     classes: str | None
     n: int
-    steps: int
+    steps: int | None
     seed: int
     out: Path | None
     device: str
     batch_size: int
+    stochastic: bool = False
+
+
+def is_policy_folder(policy: str) -> bool:
+    """An exported learned policy (a folder with ``policy.json``) rather than a schedule."""
+    return (Path(policy) / "policy.json").is_file() or Path(policy).is_dir()
+
+
+def policy_controller_factory(
+    args: SampleArgs, world: str | None, models: LoadedModels
+) -> tuple[Callable[[Generators], Controller], int, dict[str, object]]:
+    """``(controller for a batch's row generators, T, description)`` for a schedule or a policy."""
+    if not is_policy_folder(args.policy):
+        preset, _ = resolve_preset(args.preset)
+        steps = args.steps or (world_preset(world).steps if world else 8)
+        schedule = load_schedule(args.policy, steps=steps, variant=preset.enat_variant)
+        controller = ScheduleController(schedule)
+        return (lambda _g: controller), steps, {"schedule": schedule.to_dict()}
+    from adanat.agents.export import PolicyController, PolicyError, load_policy
+
+    try:
+        actor, meta = load_policy(Path(args.policy))
+    except PolicyError as e:
+        raise UsageError(str(e)) from None
+    where = f"policy {args.policy} was trained"
+    if (world is not None and world != meta.world) or models.preset.name != meta.preset:
+        raise UsageError(f"{where} for world {meta.world!r} (preset {meta.preset}), not {args.preset!r}")
+    if sha256_of(models.generator_file) != meta.generator_sha256:
+        raise UsageError(f"{where} with another generator than {models.generator_file}")
+    if sha256_of(models.tokenizer_file) != meta.tokenizer_sha256:
+        raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
+    if args.steps not in (None, meta.steps):
+        raise UsageError(f"{where} for --steps {meta.steps}, not {args.steps}")
+    actor = actor.to(next(models.generator.parameters()).device)
+    info = {"policy_meta": meta.to_dict(), "stochastic": args.stochastic}
+    return (lambda g: PolicyController(actor, meta, args.stochastic, g)), meta.steps, info
 
 
 def cmd_sample(args: SampleArgs) -> int:
     """Generate images with a schedule and write PNGs, a grid and ``samples.json``."""
-    preset, _ = resolve_preset(args.preset)
-    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
+    preset, world = resolve_preset(args.preset)
+    if args.n < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
         raise UsageError("--n, --steps and --batch-size must be >= 1")
     labels = parse_classes(args.classes, preset, args.n)
-    schedule = load_schedule(args.policy, steps=args.steps, variant=preset.enat_variant)
+    if not is_policy_folder(args.policy):  # check the schedule before loading any weights
+        load_schedule(
+            args.policy, steps=args.steps or (world.steps if world else 8), variant=preset.enat_variant
+        )
     device = resolve_device(args.device)
-    out = args.out or Path("samples") / f"{args.preset}-{Path(args.policy).stem}-seed{args.seed}"
+    name = (
+        Path(args.policy).resolve().parent.name if is_policy_folder(args.policy) else Path(args.policy).stem
+    )
+    out = args.out or Path("samples") / f"{args.preset}-{name}-seed{args.seed}"
     check_output_dir(out)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
     model, tokenizer = models.generator, models.tokenizer
+    make_controller, steps, policy_info = policy_controller_factory(
+        args, world.name if world else None, models
+    )
 
-    controller = ScheduleController(schedule)
     label_t = torch.tensor(labels, dtype=torch.long, device=device)
     batches = [range(i, min(i + args.batch_size, args.n)) for i in range(0, args.n, args.batch_size)]
     images, traces = [], []
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with staged_dir(out) as stage, Progress(*columns, transient=True) as progress:
-        task = progress.add_task("sample", total=len(batches) * args.steps)
+        task = progress.add_task("sample", total=len(batches) * steps)
         for rows in batches:
             gens = row_generators(args.seed, len(rows), device, offset=rows.start)
             result = generate(
                 model,
                 label_t[rows.start : rows.stop],
-                controller,
-                args.steps,
+                make_controller(gens),
+                steps,
                 gens,
                 tokenizer=tokenizer,
                 on_step=lambda _k: progress.advance(task),
@@ -128,8 +173,8 @@ def cmd_sample(args: SampleArgs) -> int:
             "generator": str(models.generator_file),
             "tokenizer": str(models.tokenizer_file),
             "policy": args.policy,
-            "schedule": schedule.to_dict(),
-            "steps": args.steps,
+            **policy_info,
+            "steps": steps,
             "seed": args.seed,
             "labels": labels,
             "controls": {f: trace[:, :, j].tolist() for j, f in enumerate(CONTROL_NAMES)},
@@ -146,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy",
         default="enat",
-        help=f"built-in schedule ({', '.join(builtin_schedule_names())}) or a schedule JSON path",
+        help=f"built-in schedule ({', '.join(builtin_schedule_names())}), a schedule JSON path, "
+        "or an exported policy folder (RUN_DIR/policy)",
     )
+    p.add_argument("--stochastic", action="store_true", help="sample a policy's actions (default: its mean)")
     p.add_argument(
         "--preset",
         default="shapes",
@@ -157,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
     p.add_argument("--classes", help="comma-separated class ids, cycled over the images")
     p.add_argument("--n", type=int, default=16, help="number of images")
-    p.add_argument("--steps", type=int, default=8, help="generation steps T")
+    p.add_argument(
+        "--steps", type=int, default=None, help="generation steps T (default: the world's, or the policy's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", type=Path, help="output folder, new or empty (default samples/PRESET-POLICY-seedS)"

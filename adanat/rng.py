@@ -70,3 +70,13 @@ def gumbel_packed(
             ]
         )
     return -torch.log(-torch.log(u.clamp_(min=tiny)))
+
+
+def normal(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
+    """Standard normal draws of shape ``(rows, *shape)``, from one generator for the batch or one
+    generator per row."""
+    if isinstance(generators, torch.Generator):
+        return torch.randn((rows, *shape), generator=generators, device=device)
+    if len(generators) != rows:
+        raise ValueError(f"{len(generators)} generators for {rows} rows")
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in generators])

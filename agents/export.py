@@ -20,6 +20,7 @@ from adanat.envs.observation import ObservationForm
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from adanat.rng import Generators, normal
 from adanat.sampling import Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict
 
@@ -46,6 +47,7 @@ class Actor(nn.Module):
 @dataclass
 class PolicyMeta:
     world: str
+    preset: str
     generator_sha256: str
     tokenizer_sha256: str
     steps: int
@@ -58,6 +60,7 @@ class PolicyMeta:
         return {
             "format": FORMAT,
             "world": self.world,
+            "preset": self.preset,
             "generator_sha256": self.generator_sha256,
             "tokenizer_sha256": self.tokenizer_sha256,
             "steps": self.steps,
@@ -78,6 +81,7 @@ class PolicyMeta:
             obs = d["observation"]
             return PolicyMeta(
                 world=str(d["world"]),
+                preset=str(d["preset"]),
                 generator_sha256=str(d["generator_sha256"]),
                 tokenizer_sha256=str(d["tokenizer_sha256"]),
                 steps=steps,
@@ -123,18 +127,19 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
 
 class PolicyController:
     """A learned policy as a :class:`~adanat.sampling.Controller`: the mean action by default, or
-    actions sampled with the exploration std from ``generator`` when ``stochastic``."""
+    actions sampled with the exploration std when ``stochastic``, drawn from ``generators`` (one
+    for the batch or one per row, e.g. the generation's own row streams)."""
 
     def __init__(
         self,
         actor: Actor,
         meta: PolicyMeta,
         stochastic: bool = False,
-        generator: torch.Generator | None = None,
+        generators: Generators | None = None,
     ) -> None:
-        if stochastic and generator is None:
-            raise ValueError("a stochastic policy needs a torch.Generator")
-        self.actor, self.meta, self.stochastic, self.generator = actor, meta, stochastic, generator
+        if stochastic and generators is None:
+            raise ValueError("a stochastic policy needs random generators")
+        self.actor, self.meta, self.stochastic, self.generators = actor, meta, stochastic, generators
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> Controls:
@@ -147,7 +152,7 @@ class PolicyController:
         mean = self.actor(feats, step)  # (B, 4)
         action = mean
         if self.stochastic:
-            assert self.generator is not None
-            noise = torch.randn(mean.shape, generator=self.generator, device=self.generator.device)  # (B, 4)
-            action = mean + self.meta.std * noise.to(mean.device)
+            assert self.generators is not None
+            noise = normal(mean.shape[0], (4,), self.generators, mean.device)  # (B, 4)
+            action = mean + self.meta.std * noise
         return self.meta.mapping.controls(action.clamp(-1, 1), state.step)

@@ -37,7 +37,7 @@ from adanat.envs.vec_env import NATVecEnv, make_vec_env
 from adanat.rewards.base import LearnedReward
 from adanat.rewards.registry import make_reward
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
@@ -118,7 +118,7 @@ class PolicyTrainer:
             self.monitor,
             learning_rate=cfg.learning_rate,
             n_steps=cfg.n_steps,
-            batch_size=cfg.minibatch,
+            batch_size=min(cfg.minibatch, cfg.n_steps * cfg.num_envs),
             n_epochs=cfg.n_epochs,
             gamma=1.0,
             gae_lambda=1.0,
@@ -160,6 +160,7 @@ class PolicyTrainer:
             self._digests = (sha256_of(self.models.generator_file), sha256_of(self.models.tokenizer_file))
         return PolicyMeta(
             world=self.cfg.env.world,
+            preset=self.models.preset.name,
             generator_sha256=self._digests[0],
             tokenizer_sha256=self._digests[1],
             steps=self.cfg.env.steps,
@@ -177,10 +178,7 @@ class PolicyTrainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         pol = self.model.policy
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in pol.state_dict().items()},
-            str(tmp / "policy.safetensors"),
-        )
+        save_model(pol, str(tmp / "policy.safetensors"))  # handles SB3's aliased extractor
         torch.save(pol.optimizer.state_dict(), tmp / "optimizer.pt")
         if isinstance(self.reward, LearnedReward):
             torch.save(self.reward.state_dict(), tmp / "reward.pt")
@@ -221,7 +219,7 @@ class PolicyTrainer:
             folder = self.run_dir / "checkpoint.old"
         state = json.loads((folder / "state.json").read_text())
         pol = self.model.policy
-        pol.load_state_dict(load_file(str(folder / "policy.safetensors"), device=str(self.device)))
+        load_model(pol, str(folder / "policy.safetensors"), device=str(self.device))
         pol.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         if isinstance(self.reward, LearnedReward):
             self.reward.load_state_dict(torch.load(folder / "reward.pt", weights_only=True))
@@ -322,3 +320,25 @@ class StopOnSignal(BaseCallback):
 
     def _on_step(self) -> bool:
         return not self.stopped
+
+
+def training_from_dict(d: dict[str, Any]) -> PolicyTraining:
+    """Rebuild a :class:`PolicyTraining` from its saved JSON form (``checkpoint/state.json``)."""
+    from adanat.rewards.adversarial import DiscriminatorTraining
+    from adanat.rewards.registry import RewardOptions
+
+    env = dict(d["env"])
+    opts = dict(env.pop("reward_options"))
+    raw = dict(opts.pop("discriminator"))
+    disc = DiscriminatorTraining(**{**raw, "betas": tuple(raw["betas"])})
+    for key in ("real_images", "dino", "clip_weights"):
+        opts[key] = Path(opts[key]) if opts.get(key) else None
+    for key in ("generator", "tokenizer"):
+        env[key] = Path(env[key]) if env.get(key) else None
+    rest = {k: v for k, v in d.items() if k not in ("env", "extractor", "std_schedule")}
+    return PolicyTraining(
+        env=EnvConfig(**env, reward_options=RewardOptions(discriminator=disc, **opts)),
+        extractor=ExtractorConfig(**d["extractor"]),
+        std_schedule=tuple((int(a), float(b)) for a, b in d["std_schedule"]),
+        **rest,
+    )

@@ -79,6 +79,7 @@ class ObservationForm:
 
 def step_of(obs: dict[str, Tensor]) -> Tensor:
     """The step index ``(B,)`` from a batched observation as SB3 hands it to a network
-    (``Discrete`` spaces arrive one-hot encoded)."""
+    (``Discrete`` spaces arrive one-hot encoded, ``(B, T)`` or ``(B, 1, T)``), or as indices."""
     step = obs["step"]
-    return step.argmax(dim=-1) if step.dim() == 2 else step.long()
+    flat = step.reshape(step.shape[0], -1)  # (B, T) one-hot or (B, 1) index
+    return flat.argmax(dim=-1) if flat.shape[1] > 1 else flat[:, 0].long()

@@ -29,7 +29,7 @@ class AdversarialReward:
     name = "adversarial"
 
     def __init__(self, discriminator: nn.Module, real: RealImages, training: DiscriminatorTraining) -> None:
-        self.discriminator, self.real, self.training = discriminator, real, training
+        self.discriminator, self.real, self.training = discriminator.eval(), real, training
         params = [p for p in discriminator.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=training.lr, betas=training.betas)
         self.generator = torch.Generator().manual_seed(training.seed)

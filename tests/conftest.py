@@ -49,7 +49,7 @@ def tiny_vqgan(tiny_preset) -> MaskGITVQGAN:
     return MaskGITVQGAN(tiny_preset.tokenizer).eval()
 
 
-def tiny_reward(seed: int = 0):
+def tiny_reward(seed: int = 0, lr: float = 1e-4):
     """An adversarial reward with a small random conv discriminator on the shapes data."""
     from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
     from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
@@ -57,13 +57,15 @@ def tiny_reward(seed: int = 0):
 
     torch.manual_seed(seed)
     disc = ConvDiscriminator(ConvDiscriminatorConfig(widths=(8, 16, 32)))
-    return AdversarialReward(disc, ShapesReal(size=200), DiscriminatorTraining(batch_size=16, seed=seed))
+    training = DiscriminatorTraining(lr=lr, batch_size=16, seed=seed)
+    return AdversarialReward(disc, ShapesReal(size=200), training)
 
 
 def tiny_core(num_rows: int, steps: int = 4, observation: str = "compact", reward=None, labels=None):
     """A :class:`NATCore` on tiny random models with a cosine base schedule (guidance 2)."""
     from adanat.envs.actions import ActionMapping
     from adanat.envs.core import NATCore
+
     from adanat.schedules import cosine_schedule
 
     preset = model_preset("tiny")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import gymnasium
-from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_core
-from stable_baselines3 import A2C
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
 from adanat.envs import NATEnv, NATVecEnv, make_vec_env
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
+from conftest import tiny_core
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import A2C
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
 from adanat.rng import row_generators
 from adanat.sampling import ScheduleController, generate
 from adanat.schedules import load_schedule
@@ -40,7 +40,7 @@ def test_actions_move_each_control_through_its_activation():
     assert c[1, 1].item() == pytest.approx(soft.item(), abs=1e-6)
     assert (c[0] > c[1]).all()  # monotone in the action
     assert torch.equal(c[2], mapping.controls(torch.tensor([[1.0, -1.0, 0.0, 0.0]]), 2).stack()[0])  # clipped
-    assert 0 <= c[:, 0].min() and c[:, 0].max() < 1 and (c[:, 1:] >= 0).all()
+    assert c[:, 0].min() >= 0 and c[:, 0].max() < 1 and (c[:, 1:] >= 0).all()
 
 
 def test_observation_forms():

@@ -1,0 +1,144 @@
+"""Train an adaptive generation policy with PPO: ``python scripts/train_policy.py [--env shapes]``.
+
+Runs in ``--run-dir`` (checkpoints, exported ``policy/``, TensorBoard logs under ``tb/`` or
+``--log-dir``); ``--resume RUN_DIR`` continues a run with its saved settings (``--episodes``
+may raise the total). Ctrl-C saves at the end of the current PPO
+update and exits. At the end, the policy and its base schedule are scored on held-out seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from adanat.agents.callbacks import NonFiniteError
+from adanat.agents.training import PolicyTrainer, PolicyTraining, training_from_dict
+from adanat.envs.spec import EnvConfig
+from adanat.rewards.adversarial import DiscriminatorTraining
+from adanat.rewards.registry import RewardError, RewardOptions, reward_names
+
+from adanat.checkpoints import CheckpointError
+from adanat.schedules import ScheduleError
+
+DEFAULT = PolicyTraining()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="shapes", choices=["shapes", "in256", "in512"])
+    p.add_argument("--episodes", type=int, default=DEFAULT.episodes, help="episodes (images) in total")
+    p.add_argument(
+        "--num-envs", "--batch", type=int, default=DEFAULT.num_envs, help="rows per generation batch"
+    )
+    p.add_argument("--episodes-per-update", type=int, default=DEFAULT.episodes_per_update)
+    p.add_argument("--steps", "-T", type=int, default=8, help="generation steps per image")
+    p.add_argument("--reward", default="adversarial", choices=reward_names())
+    p.add_argument("--base", default=None, help="base schedule name or JSON (default: the AutoNAT baseline)")
+    p.add_argument("--observation", default="compact", choices=["compact", "full"])
+    p.add_argument("--action-scale", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=DEFAULT.learning_rate)
+    p.add_argument("--disc-updates", type=int, default=5, help="discriminator updates per round")
+    p.add_argument(
+        "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
+    )
+    p.add_argument("--eval-episodes", type=int, default=DEFAULT.eval_episodes)
+    p.add_argument(
+        "--save-every", type=int, default=DEFAULT.save_every, help="PPO updates between checkpoints"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, default=None, help="default runs/policy-ENV-REWARD-seedS")
+    p.add_argument("--log-dir", type=Path, default=None, help="TensorBoard folder (default RUN_DIR/tb)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default=None, help="model preset instead of the world's (e.g. tiny)")
+    p.add_argument("--generator", type=Path, default=None, help="ENAT weights (in256/in512)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="VQGAN weights (in256/in512)")
+    p.add_argument("--real-images", type=Path, default=None, help="ImageNet train folder (in256/in512)")
+    p.add_argument("--dino", type=Path, default=None, help="DINO ViT-S/16 weights (default: timm cache)")
+    p.add_argument("--clip-model", default="ViT-B-32")
+    p.add_argument("--clip-weights", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> PolicyTraining:
+    options = RewardOptions(
+        discriminator=DiscriminatorTraining(updates_per_round=a.disc_updates, seed=a.seed),
+        real_images=a.real_images,
+        dino=a.dino,
+        clip_model=a.clip_model,
+        clip_weights=a.clip_weights,
+    )
+    env = EnvConfig(
+        world=a.env,
+        steps=a.steps,
+        reward=a.reward,
+        base=a.base,
+        observation=a.observation,
+        action_scale=a.action_scale,
+        preset=a.preset,
+        generator=a.generator,
+        tokenizer=a.tokenizer,
+        reward_options=options,
+    )
+    return PolicyTraining(
+        env=env,
+        episodes=a.episodes,
+        num_envs=a.num_envs,
+        episodes_per_update=a.episodes_per_update,
+        learning_rate=a.lr,
+        eval_every=a.eval_every,
+        eval_episodes=a.eval_episodes,
+        save_every=a.save_every,
+        seed=a.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    try:
+        if a.resume is not None:
+            state_file = a.resume / "checkpoint" / "state.json"
+            if not state_file.is_file():
+                raise FileNotFoundError(f"{a.resume} holds no checkpoint to resume (no {state_file})")
+            cfg = training_from_dict(json.loads(state_file.read_text())["config"])
+            if a.episodes != DEFAULT.episodes:  # a resumed run may be extended
+                cfg = replace(cfg, episodes=a.episodes)
+            run_dir = a.resume
+        else:
+            cfg = config_from_args(a)
+            run_dir = a.run_dir or Path("runs") / f"policy-{a.env}-{a.reward}-seed{a.seed}"
+            if (run_dir / "checkpoint").exists():
+                raise FileExistsError(
+                    f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-dir"
+                )
+        trainer = PolicyTrainer(cfg, run_dir, a.device, a.log_dir)
+        if a.resume is not None:
+            state = trainer.restore()
+            print(f"resuming {run_dir} at episode {state['episodes']} (update {state['rollouts']})")
+        result = trainer.train()
+    except (CheckpointError, RewardError, ScheduleError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"train_policy: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:
+        print(f"train_policy: stopped: {e}", file=sys.stderr)
+        return 1
+    if not result:
+        print(f"interrupted: saved in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(f"held-out mean reward ({cfg.eval_episodes} images, seed {cfg.eval_seed}):")
+    print(f"  base schedule  {result['base']:.4f}")
+    print(f"  learned policy {result['policy']:.4f}")
+    print(f"policy exported to {run_dir / 'policy'}; TensorBoard: tensorboard --logdir {trainer.log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

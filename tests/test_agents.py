@@ -1,0 +1,221 @@
+"""The agent: features extractor, PPO glue (std schedule, guards, resume), export and sampling."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from adanat.agents.callbacks import NonFiniteError, std_at
+from adanat.agents.export import PolicyController, load_policy
+from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.agents.training import PolicyTrainer, PolicyTraining
+from adanat.envs.spec import EnvConfig
+from adanat.rewards.registry import _REGISTRY, register
+from conftest import random_enat
+from gymnasium import spaces
+from safetensors.torch import save_file
+
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import model_preset
+from adanat.rng import row_generators
+from adanat.sampling import ScheduleController, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tiny-weights")
+    preset = model_preset("tiny")
+    save_file(random_enat(preset.generator).state_dict(), str(folder / "gen.safetensors"))
+    torch.manual_seed(0)
+    save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
+    return folder / "gen.safetensors", folder / "tok.safetensors"
+
+
+def tiny_training(weights: tuple[Path, Path], reward: str = "adversarial", **kw) -> PolicyTraining:
+    env = EnvConfig(
+        world="shapes", preset="tiny", generator=weights[0], tokenizer=weights[1], steps=2, reward=reward
+    )
+    base = dict(episodes=8, num_envs=4, episodes_per_update=4, eval_every=100, eval_episodes=4, save_every=1)
+    return PolicyTraining(env=env, **{**base, **kw})
+
+
+@pytest.mark.parametrize("grid", [4, 5, 8, 16])
+def test_extractor_takes_any_grid_and_starts_as_plain_layer_norm(grid):
+    space = spaces.Dict(
+        {"features": spaces.Box(-1e4, 1e4, (grid * grid, 24), np.float32), "step": spaces.Discrete(8)}
+    )
+    torch.manual_seed(0)
+    ext = AdaNATExtractor(space, ExtractorConfig(hidden=16, conv_channels=8, mlp=32, features_dim=12))
+    feats = torch.randn(3, grid * grid, 24)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 3, 7]), 8).float()
+    out = ext({"features": feats, "step": one_hot})
+    assert out.shape == (3, 12) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ext({"features": feats, "step": one_hot[:, None]}))  # SB3 buffer form
+    # zero-initialised modulation: the step does not matter yet
+    torch.testing.assert_close(
+        out, ext({"features": feats, "step": torch.zeros(3, 8).index_fill_(1, torch.tensor([2]), 1)})
+    )
+
+
+def test_std_schedule():
+    sched = ((0, 0.6), (500, 0.3))
+    assert std_at(sched, 0) == 0.6 and std_at(sched, 499) == 0.6 and std_at(sched, 500) == 0.3
+
+
+def test_untrained_policy_is_the_base_schedule_and_std_follows_its_schedule(tiny_weights, tmp_path):
+    cfg = tiny_training(tiny_weights, std_schedule=((0, 0.6), (1, 0.3)))
+    trainer = PolicyTrainer(cfg, tmp_path / "run")
+    core = trainer.core
+    labels = torch.arange(6) % 10
+    policy = generate(
+        core.generator,
+        labels,
+        PolicyController(trainer.actor(), trainer.meta()),
+        2,
+        row_generators(1, 6),
+        core.tokenizer,
+    )
+    base = generate(
+        core.generator, labels, ScheduleController(core.mapping.base), 2, row_generators(1, 6), core.tokenizer
+    )
+    assert torch.equal(policy.trace, base.trace) and torch.equal(policy.ids, base.ids)
+    trainer.train()
+    assert trainer.model.policy.log_std.detach().exp().allclose(torch.tensor(0.3))
+    assert not trainer.model.policy.log_std.requires_grad
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["rollouts"] == 2 and state["episodes"] == 8
+
+
+def test_non_finite_reward_stops_and_keeps_the_last_good_checkpoint(tiny_weights, tmp_path):
+    calls = {"n": 0}
+
+    class FlakyReward:
+        name = "flaky-test"
+
+        def __call__(self, images, labels):
+            calls["n"] += 1
+            value = float("nan") if calls["n"] >= 3 else 0.5
+            return torch.full((images.shape[0],), value)
+
+    register("flaky-test")(lambda world, options, device: FlakyReward())
+    try:
+        trainer = PolicyTrainer(
+            tiny_training(tiny_weights, reward="flaky-test", episodes=40), tmp_path / "run"
+        )
+        with pytest.raises(NonFiniteError, match=r"non-finite reward.*last good checkpoint"):
+            trainer.train()
+    finally:
+        del _REGISTRY["flaky-test"]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["rollouts"] == 2
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(folder.rglob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
+        for tag in ea.Tags()["images"]:
+            out.setdefault(tag, []).extend((e.step, 0.0) for e in ea.Images(tag))
+    return out
+
+
+def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_path):
+    gen, tok = tiny_weights
+    script = str(ROOT / "scripts" / "train_policy.py")
+    common = ["--preset", "tiny", "--generator", str(gen), "--tokenizer", str(tok), "--steps", "2"]
+    run = tmp_path / "run"
+    args = [*common, "--num-envs", "4", "--episodes-per-update", "8", "--episodes", "16", "--eval-every", "2"]
+    res = _run(script, *args, "--eval-episodes", "10", "--run-dir", str(run), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "base schedule" in res.stdout and "learned policy" in res.stdout
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["rollouts"] == 2 and state["num_timesteps"] == 32
+    tags = _events(run / "tb")
+    expected = (
+        "rollout/ep_rew_mean train/loss train/exploration_std reward/mean reward/std disc/loss disc/accuracy "
+        "disc/real_score disc/fake_score schedule/mask_ratio/step0 schedule/guidance/step1_std "
+        "eval/reward_policy eval/reward_base eval/samples"
+    )
+    for tag in expected.split():
+        assert tag in tags, tag
+    # the same command again would overwrite the run: refused
+    again = _run(script, *args, "--run-dir", str(run), cwd=tmp_path)
+    assert (
+        again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    )
+    # resume: counters and TensorBoard curves continue
+    res = _run(script, "--resume", str(run), "--episodes", "32", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["rollouts"] == 4 and state["num_timesteps"] == 64
+    steps = sorted({s for s, _ in _events(run / "tb")["reward/mean"]})
+    assert steps[-1] == 64 and steps[0] <= 32 and len(steps) == 4
+
+    # export -> sample: same images for the same seed, no pickle, refuses other models
+    _, meta = load_policy(run / "policy")
+    assert meta.steps == 2 and meta.preset == "tiny" and meta.mapping.base.steps == 2
+    sample = ["-m", "adanat.cli", "sample", *common[:6], "--policy", str(run / "policy"), "--n", "6"]
+    outs = []
+    for name in ("a", "b"):
+        res = _run(*sample, "--out", str(tmp_path / name), "--device", "cpu", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs.append((tmp_path / name / "grid.png").read_bytes())
+    assert outs[0] == outs[1]
+    res = _run(*sample, "--out", str(tmp_path / "c"), "--stochastic", "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0 and json.loads((tmp_path / "c" / "samples.json").read_text())["stochastic"]
+    other = tmp_path / "other.safetensors"
+    save_file(random_enat(model_preset("tiny").generator, seed=3).state_dict(), str(other))
+    bad = [
+        "-m",
+        "adanat.cli",
+        "sample",
+        "--preset",
+        "tiny",
+        "--generator",
+        str(other),
+        "--tokenizer",
+        str(tok),
+    ]
+    res = _run(
+        *bad, "--policy", str(run / "policy"), "--out", str(tmp_path / "d"), "--device", "cpu", cwd=tmp_path
+    )
+    assert res.returncode == 2 and "another generator" in res.stderr and "Traceback" not in res.stderr
+    res = _run(*sample, "--steps", "4", "--out", str(tmp_path / "e"), "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 2 and "--steps 2" in res.stderr
+
+
+def test_imagenet_world_without_weights_is_one_clear_line(tmp_path):
+    res = _run(
+        str(ROOT / "scripts" / "train_policy.py"),
+        "--env",
+        "in256",
+        "--run-dir",
+        str(tmp_path / "r"),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip().count("\n") == 0 and "--generator" in res.stderr and "Traceback" not in res.stderr
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_log_std_value_is_applied():
+    assert math.isclose(math.log(0.3), math.log(std_at(((0, 0.6), (1, 0.3)), 5)))

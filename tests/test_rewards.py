@@ -1,0 +1,137 @@
+"""Rewards: registry, shapes and ranges, the discriminator learns, DINO-projected and CLIP on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from adanat.rewards import LearnedReward, Reward, RewardError, make_reward, reward_names
+from adanat.rewards.discriminators import ProjectedDiscriminator, dino_backbone
+from adanat.rewards.real_images import ShapesReal
+from conftest import tiny_reward
+from safetensors.torch import save_file
+
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import model_preset
+
+
+def test_registry_names_and_errors():
+    assert reward_names() == ["adversarial", "classifier", "clip"]
+    with pytest.raises(RewardError, match="unknown reward 'nope'"):
+        make_reward("nope", "shapes")
+    with pytest.raises(RewardError, match="shapes world only"):
+        make_reward("classifier", "in256")
+    with pytest.raises(RewardError, match="--clip-weights"):
+        make_reward("clip", "shapes")
+    with pytest.raises(RewardError, match="--real-images"):
+        make_reward("adversarial", "in256")
+
+
+def test_shapes_adversarial_reward_shape_range_and_protocols():
+    reward = make_reward("adversarial", "shapes")
+    assert isinstance(reward, Reward) and isinstance(reward, LearnedReward)
+    images, labels = ShapesReal(size=50).sample(6, torch.Generator().manual_seed(0))
+    r = reward(images, labels)
+    assert r.shape == (6,) and ((r > 0) & (r < 1)).all()
+    # sigmoid of the mean logit, in eval mode
+    torch.testing.assert_close(r, torch.sigmoid(reward.discriminator(images, labels).mean(1)))
+
+
+def _random_token_images(n: int, seed: int) -> torch.Tensor:
+    vq = MaskGITVQGAN(model_preset("tiny").tokenizer).eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vq.config.codebook_size, (n, 8, 8), generator=g)
+    with torch.no_grad():
+        return vq.decode(ids)  # (n, 3, 32, 32)
+
+
+def test_discriminator_learns_real_from_random_tokens():
+    reward = tiny_reward(seed=1, lr=1e-3)
+    fake = _random_token_images(64, seed=0)
+    labels = torch.arange(64) % 10
+    before = reward(fake, labels).mean().item()
+    for _ in range(20):
+        stats = reward.update(fake, labels)
+    assert stats["accuracy"] > 0.9 and stats["real_score"] > stats["fake_score"]
+    held_fake = _random_token_images(32, seed=5)
+    real, real_labels = ShapesReal(size=500, split="heldout").sample(32, torch.Generator().manual_seed(3))
+    assert reward(held_fake, labels[:32]).mean() < 0.5 < reward(real, real_labels).mean()
+    assert reward(fake, labels).mean().item() < before
+    state = reward.state_dict()
+    other = tiny_reward(seed=2)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other(fake, labels), reward(fake, labels))
+    assert other.rounds == 20
+
+
+def _tiny_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=0)
+
+
+def test_projected_discriminator_on_a_tiny_vit():
+    disc = ProjectedDiscriminator(_tiny_vit(), hooks=(1, 3), num_classes=10, width=16, cmap=8, input_size=32)
+    images = torch.rand(3, 3, 48, 48)
+    logits = disc(images, torch.tensor([0, 4, 9]))
+    assert logits.shape == (3, 3 * 16)  # patch embedding + 2 hooks, 4x4 patches each
+    assert not any(p.requires_grad for p in disc.backbone.parameters())
+    disc.train()
+    assert not disc.backbone.training
+    logits.mean().backward()
+    assert disc.heads[0].inp.parametrizations.weight.original.grad is not None
+
+
+def test_dino_weights_are_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="--dino PATH"):
+        dino_backbone(None)
+
+
+def test_classifier_reward_is_the_metric_log_probability():
+    pytest.importorskip("adanat.assets")
+    from adanat.assets import AssetError
+
+    try:
+        reward = make_reward("classifier", "shapes")
+    except AssetError as e:
+        pytest.skip(f"metric network not shipped: {e}")
+    images, labels = ShapesReal(size=100, split="heldout").sample(20, torch.Generator().manual_seed(0))
+    r = reward(images, labels)
+    assert r.shape == (20,) and (r <= 0).all()
+    assert r.exp().mean() > 0.9  # real images of the requested class score high
+    wrong = reward(images, (labels + 1) % 10)
+    assert (wrong < r).float().mean() > 0.9
+
+
+def test_clip_reward_with_a_tiny_random_open_clip(tmp_path):
+    import open_clip
+
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "adanat-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    torch.manual_seed(0)
+    model = open_clip.create_model("adanat-tiny-clip", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    from adanat.rewards.registry import RewardOptions
+
+    options = RewardOptions(clip_model="adanat-tiny-clip", clip_weights=tmp_path / "clip.safetensors")
+    reward = make_reward("clip", "shapes", options)
+    images = torch.rand(4, 3, 32, 32)
+    r = reward(images, torch.tensor([0, 1, 2, 3]))
+    assert r.shape == (4,) and (r.abs() <= 1 + 1e-5).all()
+    emb = torch.nn.functional.normalize(model.encode_image((images - reward.mean) / reward.std), dim=-1)
+    torch.testing.assert_close(r, (emb * reward.text[:4]).sum(-1), atol=1e-5, rtol=1e-4)
+    bad = RewardOptions(clip_model="adanat-tiny-clip", clip_weights=tmp_path / "missing.safetensors")
+    with pytest.raises(RewardError, match="cannot load open-clip"):
+        make_reward("clip", "shapes", bad)
