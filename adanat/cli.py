@@ -90,7 +90,7 @@ class SampleArgs:
 
 def is_policy_folder(policy: str) -> bool:
     """An exported learned policy (a folder with ``policy.json``) rather than a schedule."""
-    return (Path(policy) / "policy.json").is_file() or Path(policy).is_dir()
+    return Path(policy).is_dir()
 
 
 def policy_controller_factory(

@@ -170,6 +170,8 @@ def load_schedule(name_or_path: str | Path, steps: int | None = None, variant: s
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ScheduleError(f"cannot read schedule {key!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ScheduleError(f"schedule {key!r} is not a text (JSON) file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

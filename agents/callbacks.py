@@ -101,19 +101,25 @@ class RewardRounds(BaseCallback):
                 self.last[f"disc/{name}"] = value
 
 
+def check_finite(model: object) -> None:
+    """Raise :class:`NonFiniteError` if the last PPO update left a non-finite loss or parameter."""
+    loss = model.logger.name_to_value.get("train/loss")  # type: ignore[attr-defined]
+    if loss is not None and not math.isfinite(loss):
+        raise NonFiniteError(f"non-finite PPO loss {loss}")
+    for name, p in model.policy.named_parameters():  # type: ignore[attr-defined]
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(f"non-finite policy parameter {name}")
+
+
 class FiniteGuard(BaseCallback):
-    """Stops the run when the last PPO update produced a non-finite loss or parameter."""
+    """Stops the run when the last PPO update produced a non-finite loss or parameter (checked
+    before anything is saved at the start of the next rollout)."""
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_start(self) -> None:
-        loss = self.logger.name_to_value.get("train/loss")
-        if loss is not None and not math.isfinite(loss):
-            raise NonFiniteError(f"non-finite PPO loss {loss}")
-        for name, p in self.model.policy.named_parameters():
-            if not torch.isfinite(p).all():
-                raise NonFiniteError(f"non-finite policy parameter {name}")
+        check_finite(self.model)
 
 
 class Every(BaseCallback):
@@ -127,6 +133,9 @@ class Every(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+    def _on_training_start(self) -> None:
+        self._last = rollouts_done(self.model)  # a resumed run does not redo the last one
 
     def _on_rollout_start(self) -> None:
         done = rollouts_done(self.model)

@@ -69,14 +69,14 @@ class PolicyEvaluator:
     def run(self, actor: Actor, meta: PolicyMeta) -> EvalResult:
         policy_r, images, trace = self._run(PolicyController(actor, meta))
         base_r, _, _ = self._run(ScheduleController(self.core.mapping.base))
-        classes = self.core.generator.config.num_classes
-        shown = images[: classes * max(1, min(4, len(images) // classes))]
+        cols = min(self.core.generator.config.num_classes, 16)
+        shown = images[: cols * max(1, min(4, len(images) // cols))]
         return EvalResult(
             policy_reward=float(policy_r.mean()),
             base_reward=float(base_r.mean()),
             policy_rewards=policy_r,
             base_rewards=base_r,
-            grid=make_grid(shown, nrow=classes, padding=1, pad_value=1.0),
+            grid=make_grid(shown, nrow=cols, padding=1, pad_value=1.0),
             trace=trace,
             base=self.core.mapping.base.tensor("cpu"),
         )

@@ -90,7 +90,7 @@ class PolicyMeta:
                 extractor=ExtractorConfig(**{k: int(v) for k, v in d["extractor"].items()}),
                 std=float(d["exploration_std"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PolicyError(f"malformed policy metadata: {e}") from None
 
 
@@ -112,13 +112,16 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
     if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
         raise PolicyError(f"{folder} is not a policy folder (needs {META} and {WEIGHTS})")
     try:
-        meta = PolicyMeta.from_dict(json.loads((folder / META).read_text()))
-    except json.JSONDecodeError as e:
-        raise PolicyError(f"{folder / META} is not valid JSON ({e.msg})") from None
-    actor = Actor(meta.form, meta.extractor)
+        data = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyError(f"{folder / META} is not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{folder / META} must hold a JSON object")
+    meta = PolicyMeta.from_dict(data)
     try:
+        actor = Actor(meta.form, meta.extractor)
         actor.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-    except (RuntimeError, OSError) as e:
+    except Exception as e:  # safetensors errors derive from Exception only
         raise PolicyError(
             f"{folder / WEIGHTS} does not hold this policy's weights: {str(e).splitlines()[0]}"
         ) from None

@@ -26,6 +26,7 @@ from adanat.agents.callbacks import (
     NonFiniteError,
     RewardRounds,
     RichProgress,
+    check_finite,
     rollouts_done,
     std_at,
 )
@@ -76,6 +77,18 @@ class PolicyTraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in (
+            "episodes",
+            "num_envs",
+            "episodes_per_update",
+            "eval_every",
+            "eval_episodes",
+            "save_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.env.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.env.steps}")
         if self.episodes_per_update % self.num_envs:
             raise ValueError("episodes_per_update must be a multiple of num_envs")
 
@@ -130,6 +143,7 @@ class PolicyTrainer:
                 "features_extractor_class": AdaNATExtractor,
                 "features_extractor_kwargs": {"config": cfg.extractor},
                 "share_features_extractor": False,
+                "ortho_init": False,  # keep the extractor's own init (zero AdaLN modulation)
                 "net_arch": {"pi": [], "vf": []},
                 "log_std_init": math.log(cfg.std_schedule[0][1]),
             },
@@ -149,7 +163,8 @@ class PolicyTrainer:
 
     # -- the exported actor ------------------------------------------------------------
     def actor(self) -> Actor:
-        actor = Actor(self.core.form, self.cfg.extractor)
+        with torch.random.fork_rng(devices=[]):  # building layers must not move the global RNG
+            actor = Actor(self.core.form, self.cfg.extractor)
         pol = self.model.policy
         actor.extractor.load_state_dict(pol.pi_features_extractor.state_dict())
         actor.head.load_state_dict(pol.action_net.state_dict())
@@ -186,6 +201,7 @@ class PolicyTrainer:
         torch.save(
             {
                 "torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                 "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
                 "numpy_pos": int(np_state[2]),
                 "python": list(random.getstate()[1]),
@@ -202,8 +218,8 @@ class PolicyTrainer:
             "config": _jsonable(asdict(self.cfg)),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
+        if final.exists():  # keep one complete checkpoint on disk at every moment
+            shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
@@ -220,10 +236,13 @@ class PolicyTrainer:
         state = json.loads((folder / "state.json").read_text())
         pol = self.model.policy
         load_model(pol, str(folder / "policy.safetensors"), device=str(self.device))
-        pol.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        dev = torch.device(self.device)
+        pol.optimizer.load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location=dev, weights_only=True)
+        )
         if isinstance(self.reward, LearnedReward):
-            self.reward.load_state_dict(torch.load(folder / "reward.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
+            self.reward.load_state_dict(torch.load(folder / "reward.pt", map_location=dev, weights_only=True))
+        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
         self.model.num_timesteps = int(state["num_timesteps"])
         self.model._n_updates = int(state["n_updates"])
         # the env: start episodes, then put the row streams and labels back as they were
@@ -234,6 +253,8 @@ class PolicyTrainer:
         self.model._last_obs = self.core.set_labels(rng["labels"])  # type: ignore[assignment]
         self.model._last_episode_starts = np.ones((self.cfg.num_envs,), dtype=bool)
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(
             ("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0)
         )
@@ -295,6 +316,7 @@ class PolicyTrainer:
                 signal.signal(signal.SIGINT, previous)
         if stop.stopped:
             return {}
+        check_finite(self.model)
         self.save()
         return self.evaluate(rollouts_done(self.model))
 

@@ -28,9 +28,11 @@ __all__ = [
 ]
 
 
-def make_env(world: str = "shapes", device: str = "cpu", **config: Any) -> NATEnv:
+def make_env(
+    world: str = "shapes", device: str = "cpu", render_mode: str | None = None, **config: Any
+) -> NATEnv:
     """A single-sample :class:`NATEnv` for ``world`` (keyword arguments: :class:`EnvConfig`)."""
-    return NATEnv(build_core(EnvConfig(world=world, **config), 1, device))
+    return NATEnv(build_core(EnvConfig(world=world, **config), 1, device), render_mode=render_mode)
 
 
 for _world in ("shapes", "in256", "in512"):

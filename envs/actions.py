@@ -1,10 +1,13 @@
 """From policy actions to step controls: a residual on a base schedule in pre-activation space.
 
 A policy acts in ``[-1, 1]^4`` (``CONTROL_NAMES`` order). Action ``a`` moves the base value ``b``
-of each control through the control's activation: the mask ratio through the sigmoid
+of each control through the control's activation ``f``: the mask ratio through the sigmoid
 (``sigmoid(logit(b) + s a)``), the two temperatures and the guidance scale through the softplus
 (``softplus(softplus^-1(b) + s a)``), with ``s`` the action scale. The result is written as
-``b + (f(z + s a) - f(z))``, so a zero action returns the base value bit for bit.
+``b + (f(z + s a) - f(z))``, so a zero action returns the base value bit for bit. For the
+softplus controls ``z`` is taken at ``max(b, 0.5)``: published schedules use values such as
+``1e-4`` or 0 (no guidance at the first steps), where the softplus is flat and no action could
+move the control; the result is kept >= 0 (or >= ``b`` where a base is negative).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from adanat.schedules import Schedule
 
 ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softplus", "softplus", "softplus")  # per control
 _EPS = 1e-6
+SOFTPLUS_PIVOT_FLOOR = 0.5
 
 
 def _inverse(kind: str, x: Tensor) -> Tensor:
@@ -60,11 +64,20 @@ class ActionMapping:
         out = []
         for j, kind in enumerate(ACTIVATIONS):
             b = base[j].expand(a.shape[0])  # (B,)
-            z = _inverse(kind, b)  # (B,)
+            pivot = b if kind == "sigmoid" else b.clamp_min(SOFTPLUS_PIVOT_FLOOR)  # (B,)
+            z = _inverse(kind, pivot)  # (B,)
             delta = _forward(kind, z + self.scale * a[:, j]) - _forward(kind, z)  # (B,)
             value = b + delta  # (B,) == b exactly where a == 0
-            out.append(value.clamp(0, 1 - _EPS) if kind == "sigmoid" else value.clamp_min(0))
+            if kind == "sigmoid":
+                out.append(value.clamp(0, 1 - _EPS))
+            else:
+                out.append(torch.maximum(value, b.clamp_max(0)))
         return Controls(*(v.float() for v in out))
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": "residual-preactivation", "activations": list(ACTIVATIONS), "scale": self.scale}
+        return {
+            "kind": "residual-preactivation",
+            "activations": list(ACTIVATIONS),
+            "scale": self.scale,
+            "softplus_pivot_floor": SOFTPLUS_PIVOT_FLOOR,
+        }

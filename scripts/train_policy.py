@@ -34,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="shapes", choices=["shapes", "in256", "in512"])
-    p.add_argument("--episodes", type=int, default=DEFAULT.episodes, help="episodes (images) in total")
+    p.add_argument(
+        "--episodes", type=int, default=None, help=f"episodes (images) in total (default {DEFAULT.episodes})"
+    )
     p.add_argument(
         "--num-envs", "--batch", type=int, default=DEFAULT.num_envs, help="rows per generation batch"
     )
@@ -90,7 +92,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
     )
     return PolicyTraining(
         env=env,
-        episodes=a.episodes,
+        episodes=a.episodes or DEFAULT.episodes,
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
@@ -101,15 +103,25 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
     )
 
 
+def saved_config(run_dir: Path) -> PolicyTraining:
+    """The settings of the run in ``run_dir`` (from ``checkpoint/``, or ``checkpoint.old`` after a
+    crash while a checkpoint was being replaced)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        state_file = run_dir / name / "state.json"
+        if state_file.is_file():
+            try:
+                return training_from_dict(json.loads(state_file.read_text())["config"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{state_file} is malformed ({e})") from None
+    raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume (no checkpoint/state.json)")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     try:
         if a.resume is not None:
-            state_file = a.resume / "checkpoint" / "state.json"
-            if not state_file.is_file():
-                raise FileNotFoundError(f"{a.resume} holds no checkpoint to resume (no {state_file})")
-            cfg = training_from_dict(json.loads(state_file.read_text())["config"])
-            if a.episodes != DEFAULT.episodes:  # a resumed run may be extended
+            cfg = saved_config(a.resume)
+            if a.episodes is not None:  # a resumed run may be extended
                 cfg = replace(cfg, episodes=a.episodes)
             run_dir = a.resume
         else:
@@ -130,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"train_policy: stopped: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "train_policy: interrupted at once (second Ctrl-C); the last checkpoint stands", file=sys.stderr
+        )
+        return 130
     if not result:
         print(f"interrupted: saved in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
         return 130

@@ -37,7 +37,9 @@ def test_actions_move_each_control_through_its_activation():
     ratio = torch.sigmoid(torch.logit(b[0]) + 2.0)
     assert c[0, 0].item() == pytest.approx(ratio.item(), abs=1e-6)
     soft = torch.nn.functional.softplus(b[1] + torch.log(-torch.expm1(-b[1])) - 2.0)
-    assert c[1, 1].item() == pytest.approx(soft.item(), abs=1e-6)
+    assert c[1, 1].item() == pytest.approx(soft.item(), abs=1e-6)  # b[1] > 0.5: plain softplus residual
+    # guidance 1e-4 at step 2: moved from the 0.5 pivot, so an action still acts
+    assert b[3] < 1e-3 and c[0, 3] > 1.0 and c[1, 3] == 0.0
     assert (c[0] > c[1]).all()  # monotone in the action
     assert torch.equal(c[2], mapping.controls(torch.tensor([[1.0, -1.0, 0.0, 0.0]]), 2).stack()[0])  # clipped
     assert c[:, 0].min() >= 0 and c[:, 0].max() < 1 and (c[:, 1:] >= 0).all()

@@ -41,6 +41,19 @@ def test_manifest_lists_verified_small_files():
         assert q["generator"]["class_accuracy_enat_t8"] >= 0.90
 
 
+def test_manifest_configs_are_the_world_presets():
+    from dataclasses import asdict
+
+    from adanat.presets import world_preset
+
+    model = world_preset("shapes").model
+    models = read_manifest(FOLDER)["models"]
+    tok = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.tokenizer).items()}
+    assert models["tokenizer"]["config"] == tok
+    if "generator" in models:
+        assert models["generator"]["config"] == asdict(model.generator)
+
+
 def test_shipped_metric_network_classifies_held_out_images():
     from adanat.evaluation import real_images
 
@@ -104,3 +117,20 @@ def test_sample_with_no_other_argument(tmp_path):
     assert res.returncode == 0, res.stderr
     out = tmp_path / "samples" / "shapes-enat-seed0"
     assert (out / "grid.png").is_file() and len(list(out.glob("*_class*.png"))) == 16
+
+
+@needs_generator
+def test_registered_shapes_env_runs_an_episode_with_the_shipped_models():
+    import adanat.envs  # noqa: F401  (registers the ids)
+    import gymnasium
+    import numpy as np
+
+    env = gymnasium.make("adanat/NAT-shapes-v0")
+    obs, info = env.reset(seed=0, options={"label": 3})
+    assert obs["features"].shape == (16, 160) and obs["features"].dtype == np.float16
+    total, done, steps = 0.0, False, 0
+    while not done:
+        obs, reward, done, _, info = env.step(np.zeros(4, np.float32))
+        total += reward
+        steps += 1
+    assert steps == 8 and 0.0 < total < 1.0 and info["label"] == 3
