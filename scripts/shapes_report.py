@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -91,6 +92,13 @@ def main() -> None:
         f"| {k} | {v['psnr']:.2f} | {v['codebook_usage']:.3f} |" for k, v in sweep.get("results", {}).items()
     )
     q_tok, q_met = quality["tokenizer"], quality["metric"]
+    tok_psnr, tok_usage = q_tok["psnr"], q_tok["codebook_usage"]
+    secs = {k: float(v.get("train_seconds", 0.0)) for k, v in manifest["models"].items()}
+    variant = json.dumps(
+        json.loads(resources.files("adanat.data").joinpath("schedules", "enat.json").read_text())["variants"][
+            "shapes"
+        ]
+    )
     gen_acc = ", ".join(f"{k[-2:]} {v:.3f}" for k, v in quality["generator"].items())
     doc = f"""# The `shapes` world, measured
 
@@ -104,13 +112,21 @@ the floor of what a generator can reach.
 
 ## Models
 
-| model | quality |
-| --- | --- |
-| metric network | held-out accuracy {q_met["heldout_accuracy"]:.4f} |
-| tokenizer | held-out PSNR {q_tok["psnr"]:.2f} dB, codebook usage {q_tok["codebook_usage"]:.3f} |
-| generator | class accuracy with the ENAT sampler (T=8, T=4): {gen_acc} |
+| model | quality | CPU training time |
+| --- | --- | --- |
+| metric network | held-out accuracy {q_met["heldout_accuracy"]:.4f} | {secs["metric"]:.0f} s |
+| tokenizer | held-out PSNR {tok_psnr:.2f} dB, codebook usage {tok_usage:.3f} | {secs["tokenizer"]:.0f} s |
+| generator | class accuracy, ENAT sampler as trained (T=8, T=4): {gen_acc} | {secs["generator"]:.0f} s |
 
-Codebook size, by a short sweep ({sweep.get("steps", "?")} steps each, held-out PSNR and usage):
+All three: `python scripts/pretrain.py --env shapes --stage all`, {sum(secs.values()) / 60:.0f} min in all on
+the 2-core CPU (times include other work sharing the machine).
+
+The ENAT sampler's `shapes` setting (`adanat/data/schedules/enat.json`: {variant}) was chosen by
+`python scripts/tune_enat_shapes.py` (coordinate descent on FID over guidance, sampling and
+re-masking temperatures, starting from the ImageNet-256 setting).
+
+Codebook size, by a short sweep ({sweep.get("steps", "?")} steps each, held-out PSNR and usage;
+rule: {sweep.get("rule", "best PSNR")}):
 
 | codebook | PSNR | usage |
 | --- | --- | --- |
