@@ -58,7 +58,7 @@ class PolicyTraining:
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
-    episodes: int = 12_288
+    episodes: int = 16_384
     num_envs: int = 64
     episodes_per_update: int = 128
     learning_rate: float = 3e-4

@@ -21,6 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 class ConvDiscriminatorConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     num_classes: int = 10
+    spectral_norm: bool = False  # with it, logits stay near 0 and learning at lr 1e-4 is slow
 
 
 class ConvDiscriminator(nn.Module):
@@ -30,14 +31,15 @@ class ConvDiscriminator(nn.Module):
     def __init__(self, config: ConvDiscriminatorConfig) -> None:
         super().__init__()
         self.config = config
+        sn = spectral_norm if config.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
         c_in = 3
         for i, c in enumerate(config.widths):
             stride = 1 if i == 0 else 2
-            layers += [spectral_norm(nn.Conv2d(c_in, c, 3, stride, 1)), nn.LeakyReLU(0.2)]
+            layers += [sn(nn.Conv2d(c_in, c, 3, stride, 1)), nn.LeakyReLU(0.2)]
             c_in = c
         self.body = nn.Sequential(*layers)
-        self.out = spectral_norm(nn.Conv2d(c_in, 1, 1))
+        self.out = sn(nn.Conv2d(c_in, 1, 1))
         self.embed = nn.Embedding(config.num_classes, c_in)
         nn.init.normal_(self.embed.weight, std=0.02)
 

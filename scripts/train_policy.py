@@ -47,7 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--observation", default="compact", choices=["compact", "full"])
     p.add_argument("--action-scale", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=DEFAULT.learning_rate)
-    p.add_argument("--disc-updates", type=int, default=5, help="discriminator updates per round")
+    p.add_argument(
+        "--disc-updates",
+        type=int,
+        default=None,
+        help="discriminator updates per round (default: shapes 20, else 5)",
+    )
     p.add_argument(
         "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
     )
@@ -70,9 +75,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def disc_updates(world: str) -> int:
+    """AdaNAT's 5 updates a round over its 1,000 PPO updates; a ``shapes`` run has about 130 rounds,
+    so its discriminator takes 20 a round to become a useful critic within the run."""
+    return 20 if world == "shapes" else 5
+
+
 def config_from_args(a: argparse.Namespace) -> PolicyTraining:
     options = RewardOptions(
-        discriminator=DiscriminatorTraining(updates_per_round=a.disc_updates, seed=a.seed),
+        discriminator=DiscriminatorTraining(
+            updates_per_round=a.disc_updates or disc_updates(a.env), seed=a.seed
+        ),
         real_images=a.real_images,
         dino=a.dino,
         clip_model=a.clip_model,
