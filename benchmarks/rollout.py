@@ -109,12 +109,15 @@ def run(args: argparse.Namespace) -> None:
     def rollout(form: str) -> Callable[[], None]:
         venv, policy = envs[form], policies[form]
 
-        def go() -> None:
-            obs = venv.reset()
+        state = {"obs": venv.reset()}
+
+        def go() -> None:  # one episode per row; the last step's restart is the next first forward
+            obs = state["obs"]
             for _ in range(steps):
                 actions, _values, _logp = policy(obs_as_tensor(obs, "cpu"))
                 venv.step_async(actions.numpy())
                 obs, *_ = venv.step_wait()
+            state["obs"] = obs
             venv.drain_finished()
 
         return go

@@ -25,14 +25,16 @@ def test_each_stage_through_the_script(tmp_path):
     for stage in ("metric", "tokenizer", "generator"):
         res = _run("--stage", stage, "--run-dir", str(run), "--out", str(out))
         assert res.returncode == 0, res.stderr[-2000:]
-        assert (run / stage / "checkpoint.pt").is_file()
-        assert any((run / stage / "tb").iterdir())  # TensorBoard events
+        folder = run / ("tokenizer-16" if stage == "tokenizer" else stage)  # the sweep picks 16 codes
+        assert (folder / "checkpoint.pt").is_file()
+        assert any((folder / "tb").iterdir())  # TensorBoard events
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["models"]) == {"metric", "tokenizer", "generator"}
     for name in manifest["models"]:
         assert verified_file(out, name).is_file()
     tok = manifest["models"]["tokenizer"]
     assert set(tok["codebook_sweep"]["results"]) == {"16", "32"}
+    assert tok["config"]["codebook_size"] == 16  # tiny sweep: tied within 0.5 dB, the smaller wins
     assert "psnr" in tok["quality"] and 0 < tok["quality"]["codebook_usage"] <= 1
     assert "class_accuracy_enat_t8" in manifest["models"]["generator"]["quality"]
     assert manifest["models"]["generator"]["command"].startswith("python scripts/pretrain.py --tiny")

@@ -51,8 +51,8 @@ def test_discriminator_learns_real_from_random_tokens():
     fake = _random_token_images(64, seed=0)
     labels = torch.arange(64) % 10
     before = reward(fake, labels).mean().item()
-    for _ in range(20):
-        stats = reward.update(fake, labels)
+    for r in range(20):  # fresh fakes every round, as the policy's rollouts give
+        stats = reward.update(_random_token_images(32, seed=100 + r), labels[:32])
     assert stats["accuracy"] > 0.9 and stats["real_score"] > stats["fake_score"]
     held_fake = _random_token_images(32, seed=5)
     real, real_labels = ShapesReal(size=500, split="heldout").sample(32, torch.Generator().manual_seed(3))
