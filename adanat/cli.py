@@ -20,10 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.outputs import OutputError, check_output_dir, save_grid, save_images, staged_dir
-from adanat.presets import ModelPreset, model_preset_names, world_names, world_preset
+from adanat.presets import ModelPreset, model_preset_names, world_names
 from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, ScheduleController, generate
-from adanat.schedules import CONTROL_NAMES, ScheduleError, builtin_schedule_names, load_schedule
+from adanat.schedules import CONTROL_NAMES, Schedule, ScheduleError, builtin_schedule_names, load_schedule
 from adanat.weights import LoadedModels, load_models, resolve_preset
 
 
@@ -89,20 +89,18 @@ class SampleArgs:
 
 
 def is_policy_folder(policy: str) -> bool:
-    """An exported learned policy (a folder with ``policy.json``) rather than a schedule."""
+    """A folder is an exported learned policy (``RUN_DIR/policy``); anything else names a schedule."""
     return Path(policy).is_dir()
 
 
 def policy_controller_factory(
-    args: SampleArgs, world: str | None, models: LoadedModels
+    args: SampleArgs, schedule: Schedule | None, world: str | None, models: LoadedModels
 ) -> tuple[Callable[[Generators], Controller], int, dict[str, object]]:
-    """``(controller for a batch's row generators, T, description)`` for a schedule or a policy."""
-    if not is_policy_folder(args.policy):
-        preset, _ = resolve_preset(args.preset)
-        steps = args.steps or (world_preset(world).steps if world else 8)
-        schedule = load_schedule(args.policy, steps=steps, variant=preset.enat_variant)
+    """``(controller for a batch's row generators, T, description)`` for a schedule (given,
+    already loaded) or the policy folder ``args.policy``."""
+    if schedule is not None:
         controller = ScheduleController(schedule)
-        return (lambda _g: controller), steps, {"schedule": schedule.to_dict()}
+        return (lambda _g: controller), schedule.steps, {"schedule": schedule.to_dict()}
     from adanat.agents.export import PolicyController, PolicyError, load_policy
 
     try:
@@ -129,21 +127,18 @@ def cmd_sample(args: SampleArgs) -> int:
     if args.n < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
         raise UsageError("--n, --steps and --batch-size must be >= 1")
     labels = parse_classes(args.classes, preset, args.n)
-    if not is_policy_folder(args.policy):  # check the schedule before loading any weights
-        load_schedule(
-            args.policy, steps=args.steps or (world.steps if world else 8), variant=preset.enat_variant
-        )
+    schedule = None  # a schedule is checked before any weights are loaded
+    if not is_policy_folder(args.policy):
+        steps = args.steps or (world.steps if world else 8)
+        schedule = load_schedule(args.policy, steps=steps, variant=preset.enat_variant)
     device = resolve_device(args.device)
-    name = (
-        Path(args.policy).resolve().parent.name if is_policy_folder(args.policy) else Path(args.policy).stem
-    )
+    name = Path(args.policy).stem if schedule is not None else Path(args.policy).resolve().parent.name
     out = args.out or Path("samples") / f"{args.preset}-{name}-seed{args.seed}"
     check_output_dir(out)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
     model, tokenizer = models.generator, models.tokenizer
-    make_controller, steps, policy_info = policy_controller_factory(
-        args, world.name if world else None, models
-    )
+    world_name = world.name if world else None
+    make_controller, steps, policy_info = policy_controller_factory(args, schedule, world_name, models)
 
     label_t = torch.tensor(labels, dtype=torch.long, device=device)
     batches = [range(i, min(i + args.batch_size, args.n)) for i in range(0, args.n, args.batch_size)]

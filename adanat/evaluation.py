@@ -7,7 +7,7 @@ compares the held-out split with a second real split.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,7 @@ from adanat.models.classifier import accuracy
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.rng import row_generators
-from adanat.sampling import Controller, generate
+from adanat.sampling import Controller, Generation, generate
 from adanat.worlds.shapes import ShapesDataset
 
 
@@ -28,6 +28,26 @@ class Samples:
     images: Tensor  # (N, 3, H, W) uint8
     labels: Tensor  # (N,)
     trace: Tensor  # (N, T, 4)
+
+
+@torch.no_grad()
+def sample_batches(
+    generator: ENAT,
+    tokenizer: MaskGITVQGAN,
+    controller: Controller,
+    n: int,
+    steps: int,
+    seed: int,
+    batch_size: int,
+) -> Iterator[tuple[Tensor, Generation]]:
+    """``(labels, generation)`` per batch of ``n`` images with labels ``i % C``; image ``i`` uses
+    row stream ``i`` of ``seed``, so the images do not depend on ``batch_size``."""
+    device = next(generator.parameters()).device
+    labels = torch.arange(n, device=device) % generator.config.num_classes
+    for i in range(0, n, batch_size):
+        rows = labels[i : i + batch_size]
+        gens = row_generators(seed, len(rows), device, offset=i)
+        yield rows, generate(generator, rows, controller, steps, gens, tokenizer=tokenizer)
 
 
 @torch.no_grad()
@@ -42,18 +62,14 @@ def generate_samples(
     on_batch: Callable[[int], None] | None = None,
 ) -> Samples:
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
-    device = next(generator.parameters()).device
-    labels = torch.arange(n, device=device) % generator.config.num_classes
-    images, traces = [], []
-    for i in range(0, n, batch_size):
-        rows = labels[i : i + batch_size]
-        gens = row_generators(seed, len(rows), device, offset=i)
-        out = generate(generator, rows, controller, steps, gens, tokenizer=tokenizer)
+    images, labels, traces = [], [], []
+    for rows, out in sample_batches(generator, tokenizer, controller, n, steps, seed, batch_size):
         images.append((out.images * 255).round().to(torch.uint8).cpu())
+        labels.append(rows.cpu())
         traces.append(out.trace.cpu())
         if on_batch is not None:
             on_batch(len(rows))
-    return Samples(torch.cat(images), labels.cpu(), torch.cat(traces))
+    return Samples(torch.cat(images), torch.cat(labels), torch.cat(traces))
 
 
 def real_images(split: str, n: int) -> Tensor:

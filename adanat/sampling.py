@@ -161,6 +161,13 @@ def nat_step(
     return StepOutput(next_ids, sampled, fwd.cond_state, fwd.uncond_state, fwd.features)
 
 
+def final_step_controls(controls: Controls, step: int, steps: int) -> Controls:
+    """The controls actually applied at ``step``: the last step reveals every token (mask ratio 0)."""
+    if step == steps - 1:
+        return replace(controls, mask_ratio=torch.zeros_like(controls.mask_ratio))
+    return controls
+
+
 @dataclass
 class GenerationState:
     """What a controller sees before choosing the controls of ``step``."""
@@ -237,9 +244,9 @@ def generate(
     trace, counts = [], [(ids == cfg.mask_id).sum(dim=1)]
     for k in range(steps):
         fwd = guided_forward(model, ids, labels, cond_state, uncond_state)
-        controls = controller(GenerationState(k, steps, ids, labels, fwd.features))
-        if k == steps - 1:
-            controls = replace(controls, mask_ratio=torch.zeros_like(controls.mask_ratio))
+        controls = final_step_controls(
+            controller(GenerationState(k, steps, ids, labels, fwd.features)), k, steps
+        )
         ids, sampled = select_tokens(
             ids, fwd.cond_logits, fwd.uncond_logits, controls, generators, cfg.mask_id
         )

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from adanat.rng import row_generators
-from adanat.sampling import Controller, ScheduleController, generate
+from adanat.evaluation import sample_batches
+from adanat.sampling import Controller, ScheduleController
 from adanat.schedules import CONTROL_NAMES
 
 
@@ -53,13 +53,11 @@ class PolicyEvaluator:
     @torch.no_grad()
     def _run(self, controller: Controller) -> tuple[Tensor, Tensor, Tensor]:
         core = self.core
-        classes = core.generator.config.num_classes
         rewards, images, traces = [], [], []
-        for start in range(0, self.episodes, core.num_rows):
-            n = min(core.num_rows, self.episodes - start)
-            labels = (torch.arange(start, start + n) % classes).to(core.device)  # (n,)
-            gens = row_generators(self.seed, n, core.device, offset=start)
-            out = generate(core.generator, labels, controller, core.steps, gens, core.tokenizer)
+        batches = sample_batches(
+            core.generator, core.tokenizer, controller, self.episodes, core.steps, self.seed, core.num_rows
+        )
+        for labels, out in batches:
             assert out.images is not None
             rewards.append(core.reward(out.images, labels).float().cpu())
             images.append(out.images.cpu())

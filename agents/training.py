@@ -33,10 +33,9 @@ from adanat.agents.callbacks import (
 from adanat.agents.evaluation import PolicyEvaluator
 from adanat.agents.export import Actor, PolicyMeta, export_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.envs.spec import EnvConfig, build_core
+from adanat.envs.spec import EnvConfig, build_core, load_env_models
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
 from adanat.rewards.base import LearnedReward
-from adanat.rewards.registry import make_reward
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_model, save_model
 from stable_baselines3 import PPO
@@ -44,7 +43,6 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 
 from adanat.assets import sha256_of
-from adanat.weights import load_models
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,15 @@ class PolicyTraining:
         return math.ceil(self.episodes / self.episodes_per_update)
 
 
+def checkpoint_folder(run_dir: Path) -> Path:
+    """The run's complete checkpoint: ``checkpoint/``, or ``checkpoint.old`` after a crash while
+    a new checkpoint was being swapped in."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / "state.json").is_file():
+            return run_dir / name
+    raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume (no checkpoint/state.json)")
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -121,9 +128,9 @@ class PolicyTrainer:
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         self.log_dir = Path(log_dir) if log_dir else self.run_dir / "tb"
         env = cfg.env
-        self.models = load_models(env.preset or env.world, env.generator, env.tokenizer, device)
-        self.reward = make_reward(env.reward, env.world, env.reward_options, device)
-        self.core = build_core(env, cfg.num_envs, device, self.models, self.reward)
+        self.models = load_env_models(env, device)
+        self.core = build_core(env, cfg.num_envs, device, self.models)
+        self.reward = self.core.reward
         self.monitor = make_vec_env(self.core, cfg.seed)
         self.venv: NATVecEnv = self.monitor.venv  # type: ignore[assignment]
         self.model = PPO(
@@ -230,9 +237,7 @@ class PolicyTrainer:
 
     def restore(self) -> dict[str, Any]:
         """Continue from ``checkpoint/`` (or ``checkpoint.old`` after a crash mid-swap)."""
-        folder = self.run_dir / "checkpoint"
-        if not folder.is_dir():
-            folder = self.run_dir / "checkpoint.old"
+        folder = checkpoint_folder(self.run_dir)
         state = json.loads((folder / "state.json").read_text())
         pol = self.model.policy
         load_model(pol, str(folder / "policy.safetensors"), device=str(self.device))

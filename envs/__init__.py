@@ -13,6 +13,8 @@ from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig, build_core, default_base_schedule
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
 
+from adanat.presets import world_names
+
 __all__ = [
     "ActionMapping",
     "EnvConfig",
@@ -35,7 +37,7 @@ def make_env(
     return NATEnv(build_core(EnvConfig(world=world, **config), 1, device), render_mode=render_mode)
 
 
-for _world in ("shapes", "in256", "in512"):
+for _world in world_names():
     _id = f"adanat/NAT-{_world}-v0"
     if _id not in gym.registry:
         gym.register(id=_id, entry_point="adanat.envs:make_env", kwargs={"world": _world})

@@ -13,7 +13,7 @@ every image is decoded and scored at once, and the rows start new episodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.rng import row_generators
-from adanat.sampling import GuidedForward, guided_forward, select_tokens
+from adanat.sampling import GuidedForward, final_step_controls, guided_forward, select_tokens
 
 
 @dataclass
@@ -133,9 +133,7 @@ class NATCore:
             self.num_rows, 4
         )
         k, cfg = self.step_index, self.generator.config
-        controls = self.mapping.controls(a, k)
-        if k == self.steps - 1:  # the last step reveals every token
-            controls = replace(controls, mask_ratio=torch.zeros_like(controls.mask_ratio))
+        controls = final_step_controls(self.mapping.controls(a, k), k, self.steps)
         fwd = self._fwd
         self.ids, sampled = select_tokens(
             self.ids, fwd.cond_logits, fwd.uncond_logits, controls, self.generators, cfg.mask_id

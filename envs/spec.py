@@ -59,6 +59,11 @@ class EnvConfig:
         return load_schedule(self.base, steps=self.steps, variant=self.world)
 
 
+def load_env_models(config: EnvConfig, device: torch.device | str = "cpu") -> LoadedModels:
+    """The generator and tokenizer of ``config`` (its model preset, or the world's)."""
+    return load_models(config.preset or config.world, config.generator, config.tokenizer, device)
+
+
 def build_core(
     config: EnvConfig,
     num_rows: int,
@@ -68,7 +73,7 @@ def build_core(
     labels: torch.Tensor | None = None,
 ) -> NATCore:
     """A :class:`NATCore` for ``config`` (loads models and builds the reward unless given)."""
-    models = models or load_models(config.preset or config.world, config.generator, config.tokenizer, device)
+    models = models or load_env_models(config, device)
     reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
     mapping = ActionMapping(config.base_schedule(), config.action_scale)
     return NATCore(models.generator, models.tokenizer, reward, mapping, config.observation, num_rows, labels)

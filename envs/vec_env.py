@@ -32,13 +32,10 @@ class NATVecEnv(VecEnv):
         self.finished: list[Finished] = []  # episodes ended since the last drain_finished()
 
     def reset(self) -> dict[str, np.ndarray]:
-        seeds = [s if s is not None else self._base_seed + i for i, s in enumerate(self._seeds)]
-        if self.core.generators and all(s is None for s in self._seeds):
-            # a reset without new seeds continues the row streams
-            obs = self.core.reset()
-        else:
-            self.core.seed(seeds)
-            obs = self.core.reset()
+        # a reset without new seeds continues the row streams
+        if not self.core.generators or any(s is not None for s in self._seeds):
+            self.core.seed([s if s is not None else self._base_seed + i for i, s in enumerate(self._seeds)])
+        obs = self.core.reset()
         self._reset_seeds()
         self._reset_options()
         return obs

@@ -15,12 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from adanat.agents.callbacks import NonFiniteError
-from adanat.agents.training import PolicyTrainer, PolicyTraining, training_from_dict
+from adanat.agents.training import PolicyTrainer, PolicyTraining, checkpoint_folder, training_from_dict
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardError, RewardOptions, reward_names
 
 from adanat.checkpoints import CheckpointError
+from adanat.presets import world_names
 from adanat.schedules import ScheduleError
 
 DEFAULT = PolicyTraining()
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="shapes", choices=["shapes", "in256", "in512"])
+    p.add_argument("--env", default="shapes", choices=world_names())
     p.add_argument(
         "--episodes", type=int, default=None, help=f"episodes (images) in total (default {DEFAULT.episodes})"
     )
@@ -119,14 +120,11 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
 def saved_config(run_dir: Path) -> PolicyTraining:
     """The settings of the run in ``run_dir`` (from ``checkpoint/``, or ``checkpoint.old`` after a
     crash while a checkpoint was being replaced)."""
-    for name in ("checkpoint", "checkpoint.old"):
-        state_file = run_dir / name / "state.json"
-        if state_file.is_file():
-            try:
-                return training_from_dict(json.loads(state_file.read_text())["config"])
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{state_file} is malformed ({e})") from None
-    raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume (no checkpoint/state.json)")
+    state_file = checkpoint_folder(run_dir) / "state.json"
+    try:
+        return training_from_dict(json.loads(state_file.read_text())["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{state_file} is malformed ({e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
