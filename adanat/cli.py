@@ -93,8 +93,27 @@ def is_policy_folder(policy: str) -> bool:
     return Path(policy).is_dir()
 
 
+@dataclass
+class EvalArgs:
+    policy: str
+    preset: str
+    generator: Path | None
+    tokenizer: Path | None
+    n: int
+    steps: int | None
+    seed: int
+    out: Path | None
+    device: str
+    batch_size: int
+    reference: Path | None
+    reference_n: int | None
+    inception: Path | None
+    grid: Path | None
+    stochastic: bool = False
+
+
 def policy_controller_factory(
-    args: SampleArgs, schedule: Schedule | None, world: str | None, models: LoadedModels
+    args: SampleArgs | EvalArgs, schedule: Schedule | None, world: str | None, models: LoadedModels
 ) -> tuple[Callable[[Generators], Controller], int, dict[str, object]]:
     """``(controller for a batch's row generators, T, description)`` for a schedule (given,
     already loaded) or the policy folder ``args.policy``."""
@@ -179,6 +198,137 @@ def cmd_sample(args: SampleArgs) -> int:
     return 0
 
 
+def check_new_file(path: Path | None, flag: str) -> None:
+    """Refuse to overwrite: a results file must not exist yet, and its folder must."""
+    if path is None:
+        return
+    if path.exists():
+        raise UsageError(f"{flag} {path} already exists; choose a new file")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def cmd_eval(args: EvalArgs) -> int:
+    """FID, IS, precision, recall (and class accuracy for ``shapes``) of a schedule or policy."""
+    from adanat import evaluation
+    from adanat.distributed import close_shard, init_shard
+    from adanat.metrics import FidStatistics, MetricsError, inception_feature_space, shapes_feature_space
+
+    preset, world = resolve_preset(args.preset)
+    if args.n < 2 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
+        raise UsageError("--n must be >= 2, --steps and --batch-size >= 1")
+    if args.reference_n is not None and args.reference_n < 2:
+        raise UsageError("--reference-n must be >= 2")
+    is_shapes = world is not None and world.name == "shapes"
+    if not is_shapes and args.reference is None:
+        raise UsageError(f"--reference fid_stats.npz (Inception mu/sigma) is needed for {args.preset!r}")
+    check_new_file(args.out, "--out")
+    check_new_file(args.grid, "--grid")
+    schedule = None
+    if not is_policy_folder(args.policy):
+        steps = args.steps or (world.steps if world else 8)
+        schedule = load_schedule(args.policy, steps=steps, variant=preset.enat_variant)
+    shard, device = init_shard(resolve_device(args.device))
+    try:
+        models = load_models(args.preset, args.generator, args.tokenizer, device)
+        make_controller, steps, policy_info = policy_controller_factory(
+            args, schedule, world.name if world else None, models
+        )
+        try:
+            space = shapes_feature_space() if is_shapes else inception_feature_space(args.inception)
+            space = space.to(device)
+            ref_n = args.reference_n or args.n
+            if args.reference is not None:
+                reference = evaluation.Reference(
+                    FidStatistics.load(args.reference), None, f"statistics {args.reference}"
+                )
+            else:
+                reference = evaluation.shapes_reference(space, ref_n, shard, device, args.batch_size)
+        except MetricsError as e:
+            raise UsageError(str(e)) from None
+        columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        share = sum(
+            len(range(i, min(i + args.batch_size, args.n))) for i in range(0, args.n, args.batch_size)
+        )
+        with Progress(*columns, transient=True, disable=not shard.is_main) as progress:
+            task = progress.add_task("eval", total=share // shard.world_size)
+            result = evaluation.evaluate_controller(
+                models.generator,
+                models.tokenizer,
+                make_controller,
+                space,
+                reference,
+                args.n,
+                steps,
+                args.seed,
+                shard=shard,
+                batch_size=args.batch_size,
+                class_accuracy=is_shapes,
+                on_batch=lambda b: progress.advance(task, b),
+            )
+    finally:
+        close_shard(shard)
+    if not shard.is_main:
+        return 0
+    report = evaluation.eval_report(
+        result,
+        config={
+            "preset": args.preset,
+            "world": world.name if world else None,
+            "policy": args.policy,
+            **policy_info,
+            "steps": steps,
+            "n": args.n,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "processes": shard.world_size,
+            "device": str(device),
+            "feature_space": space.name,
+            "reference": reference.description,
+            "generator": str(models.generator_file),
+            "generator_sha256": sha256_of(models.generator_file),
+            "tokenizer": str(models.tokenizer_file),
+            "tokenizer_sha256": sha256_of(models.tokenizer_file),
+        },
+    )
+    print_eval_table(report, args.policy)
+    if args.grid is not None:
+        save_grid(result.images.float() / 255, args.grid, nrow=10)
+    if args.out is not None:
+        _write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def print_eval_table(report: dict[str, object], name: str) -> None:
+    """The headline numbers of an ``eval`` report as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = report["metrics"]
+    assert isinstance(metrics, dict)
+    table = Table("metric", "value", title=f"adanat eval: {name}")
+    rows = [
+        ("FID", "frechet_inception_distance", "{:.3f}"),
+        ("IS", "inception_score_mean", "{:.3f}"),
+        ("precision", "precision", "{:.4f}"),
+        ("recall", "recall", "{:.4f}"),
+        ("class accuracy", "class_accuracy", "{:.4f}"),
+    ]
+    for label, key, fmt in rows:
+        if key in metrics:
+            table.add_row(label, fmt.format(metrics[key]))
+    table.add_row("generator GFLOPs / image", f"{report['gflops_per_image']:.3f}")
+    table.add_row("generation ms / image", f"{1000 * float(report['seconds_per_image']):.2f}")  # type: ignore[arg-type]
+    Console().print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adanat", description="Adaptive generation policies for NAT image generators.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -198,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", type=Path, help="ENAT checkpoint (.pth or .safetensors)")
     p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
     p.add_argument("--classes", help="comma-separated class ids, cycled over the images")
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("-n", "--n", type=int, default=16, help="number of images")
     p.add_argument(
         "--steps", type=int, default=None, help="generation steps T (default: the world's, or the policy's)"
     )
@@ -208,6 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=32)
+
+    e = sub.add_parser(
+        "eval",
+        help="FID, IS, precision/recall (and class accuracy) of a schedule or policy",
+        description="Runs under torchrun too: the samples are sharded over the processes and the "
+        "numbers equal a single-process run with the same seed.",
+    )
+    e.add_argument("--policy", default="enat", help="built-in schedule, schedule JSON, or policy folder")
+    e.add_argument("--stochastic", action="store_true", help="sample a policy's actions (default: its mean)")
+    e.add_argument("--preset", default="shapes", help="world or model preset")
+    e.add_argument("--generator", type=Path, help="ENAT checkpoint (.pth or .safetensors)")
+    e.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
+    e.add_argument(
+        "-n",
+        "--n",
+        type=int,
+        default=5000,
+        help="generated images, labels cycling over the classes (under torchrun write -n: torchrun "
+        "reads --n as its own abbreviated option)",
+    )
+    e.add_argument("--steps", type=int, default=None, help="T (default: the world's, or the policy's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", type=Path, help="results JSON (a new file)")
+    e.add_argument("--grid", type=Path, help="PNG grid of the first 100 images (a new file)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda (cuda:LOCAL_RANK under torchrun)")
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument(
+        "--reference", type=Path, help="FID statistics .npz with mu/sigma (required for in256/in512)"
+    )
+    e.add_argument("--reference-n", type=int, help="shapes: held-out images for the reference (default: --n)")
+    e.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")
     return parser
 
 
@@ -218,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sample":
             fields = SampleArgs.__dataclass_fields__
             return cmd_sample(SampleArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+        if args.command == "eval":
+            fields = EvalArgs.__dataclass_fields__
+            return cmd_eval(EvalArgs(**{k: v for k, v in vars(args).items() if k in fields}))
     except EXPECTED_ERRORS as e:
         print(f"adanat {args.command}: error: {e}", file=sys.stderr)
         return 2

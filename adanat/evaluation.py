@@ -7,6 +7,7 @@ compares the held-out split with a second real split.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -14,12 +15,20 @@ import torch
 from torch import Tensor
 
 from adanat.assets import load_metric_network
-from adanat.metrics import fidelity_metrics, register_shapes_extractor
+from adanat.distributed import Shard, batch_bounds, gather_batches
+from adanat.metrics import (
+    FeatureSpace,
+    FidStatistics,
+    fidelity_metrics,
+    metrics_from_features,
+    register_shapes_extractor,
+)
 from adanat.models.classifier import accuracy
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.rng import row_generators
+from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, Generation, generate
+from adanat.schedules import CONTROL_NAMES
 from adanat.worlds.shapes import ShapesDataset
 
 
@@ -93,3 +102,149 @@ def shapes_floor(n: int, seed: int = 0) -> dict[str, float]:
     out = fidelity_metrics(ref, held, register_shapes_extractor(), seed=seed)
     out["class_accuracy"] = accuracy(load_metric_network(), ref, torch.arange(n) % 10)
     return out
+
+
+# --- sharded evaluation (``adanat eval``) ---------------------------------------------------
+
+
+@dataclass
+class Reference:
+    """What generated features are compared with: FID statistics, and real features for
+    precision/recall when available."""
+
+    stats: FidStatistics
+    features: Tensor | None  # (M, F)
+    description: str
+
+
+@torch.no_grad()
+def shapes_reference(
+    space: FeatureSpace, n: int, shard: Shard, device: torch.device, batch_size: int = 250
+) -> Reference:
+    """Features of ``n`` held-out ``shapes`` images (sharded like the generated ones)."""
+    ds = ShapesDataset("heldout", n)
+    bounds = batch_bounds(n, batch_size)
+    mine = []
+    for j in shard.batches(len(bounds)):
+        images = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in bounds[j]])  # (b, 3, H, W)
+        mine.append(space(images)[0])
+    feats = gather_batches(shard, mine, [len(b) for b in bounds], device)  # (n, F)
+    return Reference(FidStatistics.of(feats), feats, f"shapes held-out split, {n} images")
+
+
+@dataclass
+class EvalOutcome:
+    """Everything ``adanat eval`` measures for one controller."""
+
+    metrics: dict[str, float]
+    trace: Tensor  # (N, T, 4) controls used per image
+    images: Tensor  # (K, 3, H, W) uint8: the first images (on the main process)
+    gflops_per_image: float  # generator forward FLOPs (both guidance branches, all steps)
+    seconds_per_image: float  # generation time (generator + tokenizer), summed over processes
+
+
+def generator_gflops(
+    generator: ENAT, tokenizer: MaskGITVQGAN, controller: Controller, steps: int, seed: int, rows: int = 2
+) -> float:
+    """Generator GFLOPs per image, counted by torch's FLOP counter on ``rows`` images."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(generator.parameters()).device
+    labels = torch.arange(rows, device=device) % generator.config.num_classes
+    with FlopCounterMode(display=False) as counter:
+        generate(
+            generator, labels, controller, steps, row_generators(seed, rows, device), tokenizer=tokenizer
+        )
+    counts = counter.get_flop_counts().get(type(generator).__name__, {})
+    return sum(counts.values()) / rows / 1e9
+
+
+@torch.no_grad()
+def evaluate_controller(
+    generator: ENAT,
+    tokenizer: MaskGITVQGAN,
+    make_controller: Callable[[Generators], Controller],
+    space: FeatureSpace,
+    reference: Reference,
+    n: int,
+    steps: int,
+    seed: int,
+    shard: Shard | None = None,
+    batch_size: int = 250,
+    class_accuracy: bool = False,
+    keep_images: int = 100,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalOutcome:
+    """Generate ``n`` images (labels ``i % C``, image ``i`` from row stream ``i`` of ``seed``),
+    this process's share of the batches only, then gather features and compute the metrics.
+
+    :param make_controller: the controller for a batch, given the batch's row generators.
+    :param class_accuracy: also report how often the feature space's logits give the label
+        (``shapes``: the metric network).
+    """
+    shard = shard or Shard()
+    device = next(generator.parameters()).device
+    bounds = batch_bounds(n, batch_size)
+    sizes = [len(b) for b in bounds]
+    labels = torch.arange(n) % generator.config.num_classes  # (N,)
+    feats, logits, traces, seconds, kept = [], [], [], [], []
+    for j in shard.batches(len(bounds)):
+        rows = bounds[j]
+        gens = row_generators(seed, len(rows), device, offset=rows.start)
+        t0 = time.perf_counter()
+        out = generate(
+            generator,
+            labels[rows.start : rows.stop].to(device),
+            make_controller(gens),
+            steps,
+            gens,
+            tokenizer,
+        )
+        images = (out.images * 255).round().to(torch.uint8)  # (b, 3, H, W)
+        seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))
+        f, lg = space(images)  # (b, F), (b, C)
+        feats.append(f)
+        logits.append(lg)
+        traces.append(out.trace.double().cpu())  # (b, T, 4)
+        if sum(len(k) for k in kept) < keep_images:
+            kept.append(images.cpu())
+        if on_batch is not None:
+            on_batch(len(rows))
+    feats_all = gather_batches(shard, feats, sizes, device)  # (N, F)
+    logits_all = gather_batches(shard, logits, sizes, device)  # (N, C)
+    trace = gather_batches(shard, traces, sizes, device)  # (N, T, 4)
+    total_seconds = float(gather_batches(shard, seconds, [1] * len(sizes), device).sum())
+    metrics = metrics_from_features(feats_all, logits_all, reference.stats, reference.features, seed=seed)
+    if class_accuracy:
+        metrics["class_accuracy"] = float((logits_all.argmax(1) == labels).double().mean())
+    controller = make_controller(row_generators(seed, 2, device))
+    return EvalOutcome(
+        metrics=metrics,
+        trace=trace.float(),
+        images=torch.cat(kept)[:keep_images] if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8),
+        gflops_per_image=generator_gflops(generator, tokenizer, controller, steps, seed),
+        seconds_per_image=total_seconds / n,
+    )
+
+
+def eval_report(outcome: EvalOutcome, config: dict[str, object]) -> dict[str, object]:
+    """The JSON form of an evaluation: every number, the schedule actually used (per-step mean
+    and spread over the images) and the full configuration with library versions."""
+    import torch_fidelity
+
+    import adanat
+
+    trace = outcome.trace  # (N, T, 4)
+    return {
+        "metrics": outcome.metrics,
+        "gflops_per_image": outcome.gflops_per_image,
+        "seconds_per_image": outcome.seconds_per_image,
+        "schedule_mean": {f: trace[:, :, j].mean(0).tolist() for j, f in enumerate(CONTROL_NAMES)},
+        "schedule_std": {f: trace[:, :, j].std(0).tolist() for j, f in enumerate(CONTROL_NAMES)},
+        "config": config,
+        "versions": {
+            "adanat": adanat.__version__,
+            "torch": torch.__version__,
+            "torch_fidelity": torch_fidelity.__version__,
+        },
+    }

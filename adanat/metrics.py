@@ -7,14 +7,19 @@ numbers are computed by torch-fidelity exactly as Inception-based ones are for I
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from adanat.models.classifier import ShapesClassifier
@@ -115,4 +120,156 @@ def fidelity_metrics(
         save_cpu_ram=True,
         **kwargs,
     )
+    return {k: float(v) for k, v in out.items()}
+
+
+# --- metrics from features -------------------------------------------------------------------
+# ``adanat eval`` extracts features batch by batch (on several processes when run under torchrun),
+# gathers them, and then computes every number from the gathered features with torch-fidelity's
+# own feature-level functions, so sharded and single-process runs give the same numbers.
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
+
+
+class MetricsError(ValueError):
+    """A reference statistics file or feature-extractor weight file that cannot be used."""
+
+
+@dataclass
+class FeatureSpace:
+    """A torch-fidelity feature extractor and the layers it gives for FID/PRC and for IS."""
+
+    name: str
+    extractor: FeatureExtractorBase
+    fid_layer: str
+    isc_layer: str
+
+    def to(self, device: torch.device | str) -> FeatureSpace:
+        self.extractor = self.extractor.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 images ``(B, 3, H, W)`` -> ``(fid features (B, F), IS logits (B, C))``, float64 on CPU."""
+        device = next(self.extractor.parameters()).device
+        out = dict(zip(self.extractor.features_list, self.extractor(images.to(device)), strict=True))
+        return out[self.fid_layer].double().cpu(), out[self.isc_layer].double().cpu()
+
+
+def _feature_space(name: str, cls: type[FeatureExtractorBase], **kwargs: Any) -> FeatureSpace:
+    fid_layer = cls.get_default_feature_layer_for_metric("fid")
+    isc_layer = cls.get_default_feature_layer_for_metric("isc")
+    extractor = cls(name, sorted({fid_layer, isc_layer}), **kwargs)
+    return FeatureSpace(name, extractor.eval(), fid_layer, isc_layer)
+
+
+def shapes_feature_space(weights_path: str | Path | None = None) -> FeatureSpace:
+    """The ``shapes`` metric network (shipped weights unless ``weights_path``)."""
+    kwargs = {} if weights_path is None else {"feature_extractor_weights_path": str(weights_path)}
+    return _feature_space(register_shapes_extractor(), ShapesFeatureExtractor, **kwargs)
+
+
+def find_inception_weights(path: str | Path | None) -> Path:
+    """The Inception weight file: ``path``, else torch-fidelity's file in the torch hub cache.
+    Never downloads."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise MetricsError(f"Inception weights {path} not found")
+        return Path(path)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if cached.is_file():
+        return cached
+    raise MetricsError(
+        f"no Inception weights: give --inception PATH (torch-fidelity's {INCEPTION_FILE}, from "
+        f"{INCEPTION_URL}) or place the file in {cached.parent}"
+    )
+
+
+def inception_feature_space(weights_path: str | Path | None = None) -> FeatureSpace:
+    """torch-fidelity's ``inception-v3-compat`` (2048-d pool features, logits for IS).
+
+    torch-fidelity reads its weight file with full unpickling, so the user's file (``.pth`` or
+    ``.safetensors``) is first read without pickle (``weights_only``) and re-saved as plain tensors
+    to a temporary file that torch-fidelity then loads.
+    """
+    import tempfile
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from adanat.checkpoints import CheckpointError, read_state_dict
+
+    path = find_inception_weights(weights_path)
+    try:
+        state = read_state_dict(path)
+    except CheckpointError as e:
+        raise MetricsError(str(e)) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "inception.pth"
+        torch.save({k: v.contiguous() for k, v in state.items()}, clean)
+        try:
+            return _feature_space(
+                "inception-v3-compat", FeatureExtractorInceptionV3, feature_extractor_weights_path=str(clean)
+            )
+        except RuntimeError as e:  # load_state_dict: missing/unexpected keys or shapes
+            raise MetricsError(f"{path} is not torch-fidelity's Inception-v3 weight file: {e}") from None
+
+
+@dataclass(frozen=True)
+class FidStatistics:
+    """Mean ``(F,)`` and covariance ``(F, F)`` of reference features (the ``fid_stats_*.npz`` form)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    @staticmethod
+    def of(features: Tensor) -> FidStatistics:
+        stats = fid_features_to_statistics(features.double())
+        return FidStatistics(stats["mu"], stats["sigma"])
+
+    @staticmethod
+    def load(path: str | Path) -> FidStatistics:
+        """Read ``mu``/``sigma`` from an ``.npz`` (no pickle)."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+        except FileNotFoundError:
+            raise MetricsError(f"reference statistics {path} not found") from None
+        except KeyError:
+            raise MetricsError(f"reference statistics {path} must hold arrays 'mu' and 'sigma'") from None
+        except (OSError, ValueError) as e:
+            raise MetricsError(f"reference statistics {path} is not a readable .npz file ({e})") from None
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise MetricsError(f"reference statistics {path}: mu {mu.shape} and sigma {sigma.shape} disagree")
+        return FidStatistics(mu, sigma)
+
+    def save(self, path: str | Path) -> None:
+        np.savez(Path(path), mu=self.mu, sigma=self.sigma)
+
+
+def metrics_from_features(
+    fid_features: Tensor,
+    isc_logits: Tensor,
+    reference: FidStatistics,
+    reference_features: Tensor | None = None,
+    isc_splits: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
+    """FID, IS (and precision/recall when ``reference_features`` are given) from features.
+
+    :param fid_features: ``(N, F)`` generated features of the FID layer.
+    :param isc_logits: ``(N, C)`` generated logits of the IS layer.
+    :param reference: statistics of the reference features.
+    :param reference_features: ``(M, F)`` reference features for precision/recall.
+    """
+    if fid_features.shape[1] != len(reference.mu):
+        raise MetricsError(
+            f"reference statistics have {len(reference.mu)} features, "
+            f"the feature space gives {fid_features.shape[1]}"
+        )
+    ref = {"mu": reference.mu, "sigma": reference.sigma}
+    out = dict(fid_statistics_to_metric(fid_features_to_statistics(fid_features.double()), ref, False))
+    out.update(isc_features_to_metric(isc_logits.double(), splits=isc_splits, shuffle=True, rng_seed=seed))
+    if reference_features is not None:
+        out.update(prc_features_to_metric(fid_features.float(), reference_features.float(), verbose=False))
     return {k: float(v) for k, v in out.items()}
