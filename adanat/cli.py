@@ -24,6 +24,7 @@ from adanat.presets import ModelPreset, model_preset_names, world_names
 from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, ScheduleController, generate
 from adanat.schedules import CONTROL_NAMES, Schedule, ScheduleError, builtin_schedule_names, load_schedule
+from adanat.search import SearchConfig, SearchError
 from adanat.weights import LoadedModels, load_models, resolve_preset
 
 
@@ -31,7 +32,7 @@ class UsageError(ValueError):
     """A command-line value that cannot be used."""
 
 
-EXPECTED_ERRORS = (UsageError, CheckpointError, ScheduleError, OutputError)
+EXPECTED_ERRORS = (UsageError, CheckpointError, ScheduleError, OutputError, SearchError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -306,6 +307,125 @@ def cmd_eval(args: EvalArgs) -> int:
     return 0
 
 
+@dataclass
+class SearchArgs:
+    preset: str
+    generator: Path | None
+    tokenizer: Path | None
+    steps: int | None
+    updates: int
+    samples: int
+    seed: int
+    out: Path | None
+    device: str
+    batch_size: int
+    lr_ratio: float
+    lr_other: float
+    delta_ratio: float
+    delta_other: float
+    momentum: float
+    name: str | None
+    reference: Path | None
+    inception: Path | None
+
+
+def cmd_search(args: SearchArgs) -> int:
+    """AutoNAT's schedule search (resumable: the same command continues a stopped search)."""
+    import math
+
+    from adanat import evaluation, search
+    from adanat.distributed import Shard
+    from adanat.metrics import FidStatistics, MetricsError, inception_feature_space, shapes_feature_space
+
+    _, world = resolve_preset(args.preset)
+    steps = args.steps or (world.steps if world else 8)
+    numbers = (args.lr_ratio, args.lr_other, args.delta_ratio, args.delta_other, args.momentum)
+    if steps < 2 or args.updates < 1 or args.samples < 2 or args.batch_size < 1:
+        raise UsageError("--steps must be >= 2, --updates and --batch-size >= 1, --samples >= 2")
+    if (
+        not all(math.isfinite(v) and v >= 0 for v in numbers)
+        or args.delta_ratio <= 0
+        or args.delta_other <= 0
+    ):
+        raise UsageError("learning rates, probes and momentum must be finite and >= 0 (probes > 0)")
+    is_shapes = world is not None and world.name == "shapes"
+    if not is_shapes and args.reference is None:
+        raise UsageError(f"--reference fid_stats.npz (Inception mu/sigma) is needed for {args.preset!r}")
+    name = args.name or f"autonat-{args.preset}-t{steps}"
+    out = args.out or Path("runs") / f"search-{name}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file")
+    cfg = SearchConfig(
+        steps=steps,
+        updates=args.updates,
+        samples=args.samples,
+        seed=args.seed,
+        lr_ratio=args.lr_ratio,
+        lr_other=args.lr_other,
+        delta_ratio=args.delta_ratio,
+        delta_other=args.delta_other,
+        momentum=args.momentum,
+        name=name,
+    )
+    state = search.SearchState.load(out) if out.is_dir() else None
+    if state is not None:
+        search.start_state(cfg, out)  # refuses a folder searched with other settings
+    device = resolve_device(args.device)
+    models = load_models(args.preset, args.generator, args.tokenizer, device)
+    try:
+        space = (shapes_feature_space() if is_shapes else inception_feature_space(args.inception)).to(device)
+        if args.reference is not None:
+            reference = FidStatistics.load(args.reference)
+        else:  # the "reference" split: evaluation keeps the held-out split for itself
+            reference = evaluation.shapes_reference(
+                space, args.samples, Shard(), device, args.batch_size, split="reference"
+            ).stats
+    except MetricsError as e:
+        raise UsageError(str(e)) from None
+
+    def fid(schedule: Schedule) -> float:
+        ctrl = ScheduleController(schedule)
+        return evaluation.controller_fid(
+            models.generator,
+            models.tokenizer,
+            ctrl,
+            space,
+            reference,
+            args.samples,
+            steps,
+            args.seed,
+            args.batch_size,
+        )
+
+    per_update = 4 * steps - 1
+    done = (
+        0 if state is None else state.update * per_update + (state.base_fid is not None) + len(state.probes)
+    )
+    columns = (
+        TextColumn("search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns) as progress:
+        task = progress.add_task("search", total=args.updates * per_update, completed=done, info="")
+
+        def on_fid(what: str, value: float) -> None:
+            progress.update(task, advance=1, info=f"{what}: FID {value:.3f}")
+
+        final = search.run_search(cfg, out, fid, models.generator.config.seq_len, on_fid)
+    source = (
+        f"AutoNAT search on {args.preset} at T={steps}: {args.updates} updates, {args.samples} samples per "
+        f"FID, seed {args.seed} (adanat search)"
+    )
+    sched_path, log_path = search.write_results(final, out, source)
+    best = final.best or {}
+    lowest = f"lowest FID {best.get('fid', float('nan')):.3f} at update {best.get('update')}"
+    print(f"{lowest}; wrote {sched_path} and {log_path}")
+    return 0
+
+
 def print_eval_table(report: dict[str, object], name: str) -> None:
     """The headline numbers of an ``eval`` report as a table on stdout."""
     from rich.console import Console
@@ -389,6 +509,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--reference-n", type=int, help="shapes: held-out images for the reference (default: --n)")
     e.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")
+
+    d = SearchConfig()
+    s = sub.add_parser(
+        "search",
+        help="AutoNAT schedule search (SGD on FID by finite differences); resumable",
+        description="Run the same command again to continue a stopped search from its folder.",
+    )
+    s.add_argument("--preset", default="shapes", help="world or model preset")
+    s.add_argument("--generator", type=Path, help="ENAT checkpoint (.pth or .safetensors)")
+    s.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
+    s.add_argument("--steps", type=int, default=None, help="T (default: the world's)")
+    s.add_argument("--updates", type=int, default=d.updates, help="SGD updates")
+    s.add_argument("--samples", type=int, default=d.samples, help="generated images per FID")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of every FID of the search")
+    s.add_argument("--lr-ratio", type=float, default=d.lr_ratio, help="SGD step for mask ratios")
+    s.add_argument("--lr-other", type=float, default=d.lr_other, help="SGD step for the other controls")
+    s.add_argument("--delta-ratio", type=float, default=d.delta_ratio, help="probe of a mask ratio")
+    s.add_argument("--delta-other", type=float, default=d.delta_other, help="probe of the other controls")
+    s.add_argument("--momentum", type=float, default=d.momentum)
+    s.add_argument("--name", help="schedule name (default autonat-PRESET-tT)")
+    s.add_argument("--out", type=Path, help="search folder (default runs/search-NAME)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--reference", type=Path, help="FID statistics .npz (required for in256/in512)")
+    s.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights")
     return parser
 
 
@@ -399,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sample":
             fields = SampleArgs.__dataclass_fields__
             return cmd_sample(SampleArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+        if args.command == "search":
+            fields = SearchArgs.__dataclass_fields__
+            return cmd_search(SearchArgs(**{k: v for k, v in vars(args).items() if k in fields}))
         if args.command == "eval":
             fields = EvalArgs.__dataclass_fields__
             return cmd_eval(EvalArgs(**{k: v for k, v in vars(args).items() if k in fields}))

@@ -19,6 +19,7 @@ from adanat.distributed import Shard, batch_bounds, gather_batches
 from adanat.metrics import (
     FeatureSpace,
     FidStatistics,
+    fid_from_features,
     fidelity_metrics,
     metrics_from_features,
     register_shapes_extractor,
@@ -119,17 +120,22 @@ class Reference:
 
 @torch.no_grad()
 def shapes_reference(
-    space: FeatureSpace, n: int, shard: Shard, device: torch.device, batch_size: int = 250
+    space: FeatureSpace,
+    n: int,
+    shard: Shard,
+    device: torch.device,
+    batch_size: int = 250,
+    split: str = "heldout",
 ) -> Reference:
-    """Features of ``n`` held-out ``shapes`` images (sharded like the generated ones)."""
-    ds = ShapesDataset("heldout", n)
+    """Features of ``n`` real ``shapes`` images of ``split`` (sharded like the generated ones)."""
+    ds = ShapesDataset(split, n)
     bounds = batch_bounds(n, batch_size)
     mine = []
     for j in shard.batches(len(bounds)):
         images = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in bounds[j]])  # (b, 3, H, W)
         mine.append(space(images)[0])
     feats = gather_batches(shard, mine, [len(b) for b in bounds], device)  # (n, F)
-    return Reference(FidStatistics.of(feats), feats, f"shapes held-out split, {n} images")
+    return Reference(FidStatistics.of(feats), feats, f"shapes {split} split, {n} images")
 
 
 @dataclass
@@ -248,3 +254,23 @@ def eval_report(outcome: EvalOutcome, config: dict[str, object]) -> dict[str, ob
             "torch_fidelity": torch_fidelity.__version__,
         },
     }
+
+
+@torch.no_grad()
+def controller_fid(
+    generator: ENAT,
+    tokenizer: MaskGITVQGAN,
+    controller: Controller,
+    space: FeatureSpace,
+    reference: FidStatistics,
+    n: int,
+    steps: int,
+    seed: int,
+    batch_size: int = 250,
+) -> float:
+    """FID of ``n`` images of a controller (one process; what the schedule search measures)."""
+    feats = [
+        space((out.images * 255).round().to(torch.uint8))[0]
+        for _, out in sample_batches(generator, tokenizer, controller, n, steps, seed, batch_size)
+    ]
+    return float(fid_from_features(torch.cat(feats), reference))

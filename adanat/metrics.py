@@ -247,6 +247,13 @@ class FidStatistics:
         np.savez(Path(path), mu=self.mu, sigma=self.sigma)
 
 
+def fid_from_features(features: Tensor, reference: FidStatistics) -> float:
+    """FID of features ``(N, F)`` against reference statistics."""
+    ref = {"mu": reference.mu, "sigma": reference.sigma}
+    stats = fid_features_to_statistics(features.double())
+    return float(fid_statistics_to_metric(stats, ref, False)["frechet_inception_distance"])
+
+
 def metrics_from_features(
     fid_features: Tensor,
     isc_logits: Tensor,

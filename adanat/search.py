@@ -1,0 +1,219 @@
+"""AutoNAT's generation-strategy search: SGD on FID with forward finite differences.
+
+The searched parameters of a ``T``-step schedule are ``T-1`` mask ratios, ``T-1`` re-masking
+temperatures (the last step reveals everything, so it has neither), ``T`` sampling temperatures
+and ``T`` guidance scales, starting from the cosine schedule. One update measures FID at the
+current point and at the point with one parameter raised by its probe size ``delta`` (every
+parameter in turn), takes the forward differences as the gradient, and makes an SGD step with
+momentum; mask ratios are clamped to ``[0, 0.99]`` and the other controls to ``>= 1e-4``. Every
+FID of a search uses the same seed (common random numbers), so that differences measure the
+schedule rather than the sampling noise.
+
+AutoNAT probes mask ratios with ``+0.01``; with ``L`` tokens a ratio change below ``1/L`` may not
+change a single masked count (``floor(L r)``), so the ratio probe is ``max(0.01, 1/L)``.
+
+The search state (parameters, velocity, the FIDs measured so far in the current update, the log)
+is written atomically after every FID, so an interrupted search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adanat.schedules import Schedule, cosine_schedule
+
+RATIO_MAX = 0.99
+FLOOR = 1e-4
+GROUPS = ("mask_ratio", "remask_temp", "sampling_temp", "guidance")
+
+
+class SearchError(ValueError):
+    """A search folder or setting that cannot be used."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search (stored with its state; a resumed search must match them)."""
+
+    steps: int = 8
+    updates: int = 10
+    samples: int = 1000  # generated images per FID
+    seed: int = 1  # the seed of every FID of the search (evaluation uses other seeds)
+    lr_ratio: float = 2e-3  # step per unit of FID gradient, mask ratios
+    lr_other: float = 2e-2  # step per unit of FID gradient, temperatures and guidance
+    delta_ratio: float = 0.01  # probe of a mask ratio (raised to 1/L by the search)
+    delta_other: float = 0.1  # probe of a temperature or guidance scale
+    momentum: float = 0.5
+    name: str = "autonat"
+
+
+def parameter_names(steps: int) -> list[str]:
+    """``group[k]`` names of the searched parameters, in vector order."""
+    sizes = {"mask_ratio": steps - 1, "remask_temp": steps - 1, "sampling_temp": steps, "guidance": steps}
+    return [f"{g}[{k}]" for g in GROUPS for k in range(sizes[g])]
+
+
+def schedule_to_vector(schedule: Schedule) -> list[float]:
+    t = schedule.steps
+    return [
+        *schedule.mask_ratio[: t - 1],
+        *schedule.remask_temp[: t - 1],
+        *schedule.sampling_temp,
+        *schedule.guidance,
+    ]
+
+
+def vector_to_schedule(theta: list[float], steps: int, name: str) -> Schedule:
+    """The schedule of a parameter vector (the last step's ratio and re-masking noise are 0)."""
+    t = steps
+    r, m = theta[: t - 1], theta[t - 1 : 2 * t - 2]
+    s, g = theta[2 * t - 2 : 3 * t - 2], theta[3 * t - 2 :]
+    return Schedule(
+        name=name,
+        mask_ratio=(*r, 0.0),
+        remask_temp=(*m, 0.0),
+        sampling_temp=tuple(s),
+        guidance=tuple(g),
+    )
+
+
+def clamp(theta: list[float], steps: int) -> list[float]:
+    """Mask ratios into ``[0, 0.99]``, everything else to ``>= 1e-4``."""
+    n_ratio = steps - 1
+    return [min(max(v, 0.0), RATIO_MAX) if i < n_ratio else max(v, FLOOR) for i, v in enumerate(theta)]
+
+
+def probe_sizes(cfg: SearchConfig, tokens: int) -> list[float]:
+    n_ratio = cfg.steps - 1
+    ratio = max(cfg.delta_ratio, 1.0 / tokens)
+    return [ratio if i < n_ratio else cfg.delta_other for i in range(4 * cfg.steps - 2)]
+
+
+@dataclass
+class SearchState:
+    """Everything needed to continue a search."""
+
+    config: dict[str, Any]
+    theta: list[float]
+    velocity: list[float]
+    update: int = 0
+    base_fid: float | None = None  # FID at ``theta`` in the current update
+    probes: dict[str, float] = field(default_factory=dict)  # parameter index -> FID, current update
+    log: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # {"fid", "update", "theta"}: lowest FID measured at a base point
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / ".state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(folder / "state.json")
+
+    @staticmethod
+    def load(folder: Path) -> SearchState | None:
+        path = folder / "state.json"
+        if not path.is_file():
+            return None
+        try:
+            return SearchState(**json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SearchError(f"{path} is not a search state ({e})") from None
+
+
+def start_state(cfg: SearchConfig, folder: Path) -> SearchState:
+    """The saved state of ``folder`` (its config must equal ``cfg``), or a fresh one at cosine."""
+    state = SearchState.load(folder)
+    if state is not None:
+        saved = {k: v for k, v in state.config.items() if k != "updates"}
+        wanted = {k: v for k, v in asdict(cfg).items() if k != "updates"}
+        if saved != wanted:
+            diff = sorted(k for k in wanted if saved.get(k) != wanted[k])
+            raise SearchError(f"{folder} holds a search with other settings ({', '.join(diff)})")
+        state.config = asdict(cfg)  # more updates may be asked for
+        return state
+    theta = schedule_to_vector(cosine_schedule(cfg.steps))
+    return SearchState(config=asdict(cfg), theta=clamp(theta, cfg.steps), velocity=[0.0] * len(theta))
+
+
+def run_search(
+    cfg: SearchConfig,
+    folder: Path,
+    fid: Callable[[Schedule], float],
+    tokens: int,
+    on_fid: Callable[[str, float], None] | None = None,
+) -> SearchState:
+    """Run (or continue) a search in ``folder`` until ``cfg.updates`` updates are done.
+
+    :param fid: FID of a schedule (the same seed and reference every call).
+    :param tokens: tokens per image ``L`` (sets the smallest useful mask-ratio probe).
+    :param on_fid: called with ``(what, FID)`` after every measurement (progress).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    state = start_state(cfg, folder)
+    deltas = probe_sizes(cfg, tokens)
+    names = parameter_names(cfg.steps)
+    n_ratio = cfg.steps - 1
+
+    def measure(theta: list[float], what: str) -> float:
+        value = fid(vector_to_schedule(theta, cfg.steps, cfg.name))
+        if not math.isfinite(value):
+            raise SearchError(f"FID is not finite at {what}")
+        if on_fid is not None:
+            on_fid(what, value)
+        return value
+
+    while state.update < cfg.updates:
+        t0 = time.perf_counter()
+        if state.base_fid is None:
+            state.base_fid = measure(state.theta, f"update {state.update}: base")
+            if state.best is None or state.base_fid < state.best["fid"]:
+                state.best = {"fid": state.base_fid, "update": state.update, "theta": list(state.theta)}
+            state.save(folder)
+        for i, name in enumerate(names):
+            if str(i) in state.probes:
+                continue
+            probe = list(state.theta)
+            probe[i] += deltas[i]
+            state.probes[str(i)] = measure(probe, f"update {state.update}: {name}")
+            state.save(folder)
+        grad = [(state.probes[str(i)] - state.base_fid) / deltas[i] for i in range(len(names))]
+        state.velocity = [cfg.momentum * v + g for v, g in zip(state.velocity, grad, strict=True)]
+        lrs = [cfg.lr_ratio if i < n_ratio else cfg.lr_other for i in range(len(names))]
+        theta = [p - lr * v for p, lr, v in zip(state.theta, lrs, state.velocity, strict=True)]
+        state.log.append(
+            {
+                "update": state.update,
+                "fid": state.base_fid,
+                "grad_norm": math.sqrt(sum(g * g for g in grad)),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "theta": list(state.theta),
+            }
+        )
+        state.theta = clamp(theta, cfg.steps)
+        state.update += 1
+        state.base_fid, state.probes = None, {}
+        state.save(folder)
+    return state
+
+
+def write_results(state: SearchState, folder: Path, source: str) -> tuple[Path, Path]:
+    """``schedule.json`` (the lowest-FID base point of the search, as a fixed schedule) and
+    ``log.json`` (FID per update); returns their paths."""
+    cfg = SearchConfig(**state.config)
+    theta = state.best["theta"] if state.best is not None else state.theta
+    schedule = vector_to_schedule(theta, cfg.steps, cfg.name)
+    data = {**schedule.to_dict(), "source": source}
+    if state.best is not None:
+        data["search"] = {"fid": state.best["fid"], "update": state.best["update"], "seed": cfg.seed}
+    sched_path, log_path = folder / "schedule.json", folder / "log.json"
+    sched_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    log = {
+        "config": state.config,
+        "updates": [{k: e[k] for k in ("update", "fid", "grad_norm", "seconds")} for e in state.log],
+    }
+    log_path.write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+    return sched_path, log_path
