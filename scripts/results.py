@@ -1,0 +1,203 @@
+"""The measured comparison on ``shapes`` (``docs/results.md``): fixed schedules, the searched
+AutoNAT schedule and learned policies, at T=4 and T=8.
+
+    python scripts/results.py --stage all          # or search | train | eval | report
+
+Stages run the real commands (``adanat search``, ``scripts/train_policy.py``, ``adanat eval``)
+into ``--work`` (default ``runs/results``) and skip what is already done there, so an interrupted
+run continues where it stopped. ``report`` reads the evaluation JSONs and writes the markdown
+table, one sample grid per row and the learned schedules' per-step mean and spread.
+Searched schedules are written to ``runs/results/search-tT/schedule.json``; shipping one as the
+built-in ``autonat-shapes-tT`` (``adanat/data/schedules/``) makes it the base of the policies
+trained afterwards, so ``search`` is followed by copying it into the package before ``train``
+(``--ship`` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from adanat.schedules import builtin_schedule_names
+
+STEPS = (4, 8)
+SEEDS = (0, 1, 2)
+METRICS = (
+    ("FID", "frechet_inception_distance", "{:.2f}"),
+    ("IS", "inception_score_mean", "{:.2f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+    ("class acc.", "class_accuracy", "{:.3f}"),
+)
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def policy_dir(work: Path, steps: int, reward: str, seed: int) -> Path:
+    return work / f"policy-t{steps}-{reward}-seed{seed}"
+
+
+def rows(work: Path, steps: int) -> list[tuple[str, str, str]]:
+    """``(row name, --policy value, group)``; policies of one group are averaged over seeds."""
+    out = [("cosine", "cosine", "cosine"), ("enat", "enat", "enat")]
+    if steps == 8:
+        out.append(("autonat-l-t8", "autonat-l-t8", "autonat-l-t8"))
+    out.append((f"autonat-shapes-t{steps}", f"autonat-shapes-t{steps}", "searched AutoNAT"))
+    for seed in SEEDS:
+        path = policy_dir(work, steps, "adversarial", seed) / "policy"
+        out.append((f"adanat-adversarial-seed{seed}", str(path), "AdaNAT, adversarial reward"))
+    path = policy_dir(work, steps, "classifier", 0) / "policy"
+    out.append(("adanat-classifier-seed0", str(path), "AdaNAT, classifier reward"))
+    return out
+
+
+def stage_search(args: argparse.Namespace) -> None:
+    for steps in STEPS:
+        out = args.work / f"search-t{steps}"
+        run([
+            "adanat", "search", "--preset", "shapes", "--steps", str(steps), "--updates", str(args.updates),
+            "--samples", str(args.search_samples), "--out", str(out), "--name", f"autonat-shapes-t{steps}",
+        ])  # fmt: skip
+        if args.ship:
+            folder = Path(str(resources.files("adanat.data").joinpath("schedules")))
+            shutil.copyfile(out / "schedule.json", folder / f"autonat-shapes-t{steps}.json")
+            print(f"shipped autonat-shapes-t{steps}")
+
+
+def stage_train(args: argparse.Namespace) -> None:
+    script = str(Path(__file__).with_name("train_policy.py"))
+    jobs = [(s, "adversarial", seed) for s in STEPS for seed in SEEDS] + [(s, "classifier", 0) for s in STEPS]
+    for steps, reward, seed in jobs:
+        folder = policy_dir(args.work, steps, reward, seed)
+        state_file = folder / "checkpoint" / "state.json"
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state["episodes"] >= state["config"]["episodes"]:
+                continue  # finished
+            cmd = [sys.executable, script, "--resume", str(folder)]
+        else:
+            cmd = [sys.executable, script, "--steps", str(steps), "--reward", reward, "--seed", str(seed)]
+            cmd += ["--run-dir", str(folder)]
+            if args.episodes:
+                cmd += ["--episodes", str(args.episodes)]
+        run(cmd)
+
+
+def stage_eval(args: argparse.Namespace) -> None:
+    (args.work / "eval").mkdir(parents=True, exist_ok=True)
+    args.grids.mkdir(parents=True, exist_ok=True)
+    for steps in STEPS:
+        for name, policy, _ in rows(args.work, steps):
+            out = args.work / "eval" / f"t{steps}-{name}.json"
+            if out.is_file():
+                continue
+            if not (policy in builtin_schedule_names() or Path(policy).is_dir()):
+                print(f"skipping {name} at T={steps}: {policy} is not there yet", flush=True)
+                continue
+            grid = args.grids / f"t{steps}-{name}.png"
+            grid.unlink(missing_ok=True)
+            run([
+                "adanat", "eval", "--preset", "shapes", "--policy", policy, "-n", str(args.n),
+                "--steps", str(steps), "--seed", "0", "--out", str(out), "--grid", str(grid),
+            ])  # fmt: skip
+
+
+def _fmt(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def stage_report(args: argparse.Namespace) -> None:
+    lines = [
+        "# Results on `shapes`",
+        "",
+        f"Written by `python scripts/results.py --stage report` from `adanat eval` runs ({args.n} generated "
+        f"vs {args.n} held-out images, seed 0, metric-network feature space through torch-fidelity). "
+        "Learned policies: mean ± std over training seeds 0, 1, 2 (each evaluated with its mean action).",
+        "",
+    ]
+    for steps in STEPS:
+        reports: dict[str, list[dict]] = {}
+        names: dict[str, list[str]] = {}
+        for name, _, group in rows(args.work, steps):
+            path = args.work / "eval" / f"t{steps}-{name}.json"
+            if path.is_file():
+                reports.setdefault(group, []).append(json.loads(path.read_text()))
+                names.setdefault(group, []).append(name)
+        if not reports:
+            continue
+        lines += [f"## T = {steps}", ""]
+        head = [m[0] for m in METRICS] + ["generator GFLOPs/img", "ms/img (CPU)"]
+        lines += ["| schedule | " + " | ".join(head) + " | grid |", "|" + " --- |" * (len(head) + 2)]
+        for group, reps in reports.items():
+            cells = []
+            for _, key, fmt in METRICS:
+                cells.append(_fmt([r["metrics"][key] for r in reps], fmt))
+            cells.append(_fmt([r["gflops_per_image"] for r in reps], "{:.3f}"))
+            cells.append(_fmt([1000 * r["seconds_per_image"] for r in reps], "{:.1f}"))
+            grid = f"[grid](results/t{steps}-{names[group][0]}.png)"
+            lines.append(f"| {group} | " + " | ".join(cells) + f" | {grid} |")
+        fixed = [g for g in reports if not g.startswith("AdaNAT")]
+        best = min(fixed, key=lambda g: reports[g][0]["metrics"]["frechet_inception_distance"])
+        best_fid = reports[best][0]["metrics"]["frechet_inception_distance"]
+        learned = reports.get("AdaNAT, adversarial reward")
+        lines.append("")
+        if learned:
+            fid = statistics.mean(r["metrics"]["frechet_inception_distance"] for r in learned)
+            recall = statistics.mean(r["metrics"]["recall"] for r in learned)
+            best_recall = reports[best][0]["metrics"]["recall"]
+            verdict = "met" if fid <= 0.85 * best_fid and recall >= best_recall else "not met"
+            lines.append(
+                f"Target (learned FID <= 0.85 x best fixed, recall not lower): best fixed is {best} "
+                f"(FID {best_fid:.2f}, recall {best_recall:.3f}); learned mean FID {fid:.2f} "
+                f"({fid / best_fid:.2f}x), recall {recall:.3f}: **{verdict}**."
+            )
+            lines += [
+                "",
+                "Learned schedule (adversarial reward, seed 0): per-step mean ± spread over images",
+                "",
+            ]
+            rep = learned[0]
+            lines += ["| control | " + " | ".join(f"step {k}" for k in range(steps)) + " |"]
+            lines.append("|" + " --- |" * (steps + 1))
+            for control, means in rep["schedule_mean"].items():
+                stds = rep["schedule_std"][control]
+                cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds, strict=True)]
+                lines.append(f"| {control} | " + " | ".join(cells) + " |")
+        lines.append("")
+    args.doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.doc}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", default="all", choices=["search", "train", "eval", "report", "all"])
+    p.add_argument("--work", type=Path, default=Path("runs/results"))
+    p.add_argument("--n", type=int, default=5000, help="images per evaluation")
+    p.add_argument("--updates", type=int, default=10, help="search updates")
+    p.add_argument("--search-samples", type=int, default=1000, help="images per FID in the search")
+    p.add_argument(
+        "--episodes", type=int, default=None, help="policy training episodes (default: the script's)"
+    )
+    p.add_argument("--ship", action="store_true", help="copy searched schedules into the package")
+    p.add_argument("--grids", type=Path, default=Path("docs/results"))
+    p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    args = p.parse_args()
+    stages = ["search", "train", "eval", "report"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        globals()[f"stage_{stage}"](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
