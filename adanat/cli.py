@@ -218,7 +218,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def cmd_eval(args: EvalArgs) -> int:
     """FID, IS, precision, recall (and class accuracy for ``shapes``) of a schedule or policy."""
     from adanat import evaluation
-    from adanat.distributed import close_shard, init_shard
+    from adanat.distributed import batch_bounds, close_shard, init_shard
     from adanat.metrics import FidStatistics, MetricsError, inception_feature_space, shapes_feature_space
 
     preset, world = resolve_preset(args.preset)
@@ -254,11 +254,10 @@ def cmd_eval(args: EvalArgs) -> int:
         except MetricsError as e:
             raise UsageError(str(e)) from None
         columns = (TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        share = sum(
-            len(range(i, min(i + args.batch_size, args.n))) for i in range(0, args.n, args.batch_size)
-        )
+        bounds = batch_bounds(args.n, args.batch_size)
+        share = sum(len(bounds[j]) for j in shard.batches(len(bounds)))  # this process's images
         with Progress(*columns, transient=True, disable=not shard.is_main) as progress:
-            task = progress.add_task("eval", total=share // shard.world_size)
+            task = progress.add_task("eval", total=share)
             result = evaluation.evaluate_controller(
                 models.generator,
                 models.tokenizer,
