@@ -64,8 +64,9 @@ def stage_search(args: argparse.Namespace) -> None:
     for steps in STEPS:
         out = args.work / f"search-t{steps}"
         run([
-            "adanat", "search", "--preset", "shapes", "--steps", str(steps), "--updates", str(args.updates),
-            "--samples", str(args.search_samples), "--out", str(out), "--name", f"autonat-shapes-t{steps}",
+            sys.executable, "-m", "adanat", "search", "--preset", "shapes", "--steps", str(steps),
+            "--updates", str(args.updates), "--samples", str(args.search_samples), "--out", str(out),
+            "--name", f"autonat-shapes-t{steps}",
         ])  # fmt: skip
         if args.ship:
             folder = Path(str(resources.files("adanat.data").joinpath("schedules")))
@@ -106,8 +107,9 @@ def stage_eval(args: argparse.Namespace) -> None:
             grid = args.grids / f"t{steps}-{name}.png"
             grid.unlink(missing_ok=True)
             run([
-                "adanat", "eval", "--preset", "shapes", "--policy", policy, "-n", str(args.n),
-                "--steps", str(steps), "--seed", "0", "--out", str(out), "--grid", str(grid),
+                sys.executable, "-m", "adanat", "eval", "--preset", "shapes", "--policy", policy,
+                "-n", str(args.n), "--steps", str(steps), "--seed", "0", "--out", str(out),
+                "--grid", str(grid),
             ])  # fmt: skip
 
 
