@@ -219,7 +219,13 @@ def cmd_eval(args: EvalArgs) -> int:
     """FID, IS, precision, recall (and class accuracy for ``shapes``) of a schedule or policy."""
     from adanat import evaluation
     from adanat.distributed import batch_bounds, close_shard, init_shard
-    from adanat.metrics import FidStatistics, MetricsError, inception_feature_space, shapes_feature_space
+    from adanat.metrics import (
+        FidStatistics,
+        MetricsError,
+        inception_feature_space,
+        reference_images,
+        shapes_feature_space,
+    )
 
     preset, world = resolve_preset(args.preset)
     if args.n < 2 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
@@ -246,8 +252,14 @@ def cmd_eval(args: EvalArgs) -> int:
             space = space.to(device)
             ref_n = args.reference_n or args.n
             if args.reference is not None:
+                real = reference_images(args.reference)
+                feats = None
+                if real is not None:  # precision/recall need real features
+                    feats = evaluation.features_of_images(space, real, shard, device, args.batch_size)
                 reference = evaluation.Reference(
-                    FidStatistics.load(args.reference), None, f"statistics {args.reference}"
+                    FidStatistics.load(args.reference),
+                    feats,
+                    f"statistics {args.reference}" + ("" if real is None else f" with {len(real)} images"),
                 )
             else:
                 reference = evaluation.shapes_reference(space, ref_n, shard, device, args.batch_size)
@@ -504,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda (cuda:LOCAL_RANK under torchrun)")
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument(
-        "--reference", type=Path, help="FID statistics .npz with mu/sigma (required for in256/in512)"
+        "--reference",
+        type=Path,
+        help="FID statistics .npz with mu/sigma (required for in256/in512); real images in it as "
+        "arr_0 (ADM reference batches) also give precision/recall",
     )
     e.add_argument("--reference-n", type=int, help="shapes: held-out images for the reference (default: --n)")
     e.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")

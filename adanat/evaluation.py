@@ -138,6 +138,16 @@ def shapes_reference(
     return Reference(FidStatistics.of(feats), feats, f"shapes {split} split, {n} images")
 
 
+@torch.no_grad()
+def features_of_images(
+    space: FeatureSpace, images: Tensor, shard: Shard, device: torch.device, batch_size: int = 250
+) -> Tensor:
+    """FID-layer features ``(N, F)`` of uint8 images ``(N, 3, H, W)``, sharded by batch."""
+    bounds = batch_bounds(len(images), batch_size)
+    mine = [space(images[bounds[j].start : bounds[j].stop])[0] for j in shard.batches(len(bounds))]
+    return gather_batches(shard, mine, [len(b) for b in bounds], device)
+
+
 @dataclass
 class EvalOutcome:
     """Everything ``adanat eval`` measures for one controller."""

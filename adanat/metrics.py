@@ -247,6 +247,24 @@ class FidStatistics:
         np.savez(Path(path), mu=self.mu, sigma=self.sigma)
 
 
+def reference_images(path: str | Path) -> Tensor | None:
+    """The real images an ``.npz`` reference batch may hold besides ``mu``/``sigma`` (ADM's
+    reference batches keep them as ``arr_0``, ``(N, H, W, 3)`` uint8), as ``(N, 3, H, W)``; None
+    when there are none. They give the real features precision/recall need."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                return None
+            arr = data["arr_0"]
+    except (OSError, ValueError) as e:
+        raise MetricsError(f"reference {path} is not a readable .npz file ({e})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise MetricsError(
+            f"reference {path}: arr_0 must be uint8 images (N, H, W, 3), got {arr.dtype} {arr.shape}"
+        )
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
 def fid_from_features(features: Tensor, reference: FidStatistics) -> float:
     """FID of features ``(N, F)`` against reference statistics."""
     ref = {"mu": reference.mu, "sigma": reference.sigma}
