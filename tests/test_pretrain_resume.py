@@ -45,3 +45,17 @@ def test_generator_resume_with_ema_and_dropout(tmp_path):
     torch.manual_seed(123)  # a new process: the global RNG state comes from the checkpoint
     resumed = train_generator(fresh(), tokens, labels, TrainingRun(tmp_path / "b", 6, 3), cfg)
     assert _same(straight, resumed)
+
+
+def test_training_time_adds_up_over_resumed_processes(tmp_path):
+    """A resumed stage reports the time of every process that trained it, not only the last."""
+    gen = torch.Generator().manual_seed(0)
+    first = TrainingRun(tmp_path, total_steps=4, checkpoint_every=1)
+    first.started -= 100.0  # as if this process had trained for 100 s
+    first.step = 2
+    first.checkpoint({"generator": gen})
+    second = TrainingRun(tmp_path, total_steps=4, checkpoint_every=1)
+    assert second.restore({"generator": gen})
+    assert second.step == 2
+    assert 100.0 <= second.earlier_seconds < 110.0
+    assert second.elapsed >= second.earlier_seconds

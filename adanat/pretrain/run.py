@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,16 @@ def _restore(part: Any, state: Any) -> None:
         part.load_state_dict(state)
 
 
+def _logged_span(tb: Path) -> float:
+    """Wall-clock seconds between the first and the last TensorBoard event under ``tb``."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    times = [
+        e.wall_time for f in sorted(tb.glob("events.out.tfevents.*")) for e in EventFileLoader(str(f)).Load()
+    ]
+    return max(times) - min(times) if times else 0.0
+
+
 class TrainingRun:
     """Checkpointing, logging and progress for one training stage.
 
@@ -84,6 +95,13 @@ class TrainingRun:
         self.checkpoint_path = self.folder / "checkpoint.pt"
         self.step = 0
         self.writer: SummaryWriter | None = None
+        self.started = time.perf_counter()
+        self.earlier_seconds = 0.0  # training time spent by earlier processes of this stage
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training in this stage, over every process that worked on it."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def resume(self) -> dict[str, Any] | None:
         """The saved state, or None when the stage starts fresh; sets :attr:`step`."""
@@ -91,10 +109,15 @@ class TrainingRun:
             return None
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         self.step = int(state["step"])
+        if "seconds" in state:
+            self.earlier_seconds = float(state["seconds"])
+        else:  # a checkpoint written before times were saved: the span of its logged curves
+            self.earlier_seconds = _logged_span(self.folder / "tb")
+        self.started = time.perf_counter()
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_save({**state, "step": self.step}, self.checkpoint_path)
+        atomic_save({**state, "step": self.step, "seconds": self.elapsed}, self.checkpoint_path)
 
     def due(self) -> bool:
         return self.step % self.checkpoint_every == 0 or self.step == self.total_steps

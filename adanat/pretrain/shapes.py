@@ -138,14 +138,15 @@ class ShapesPretrainer:
         model = train_classifier(model, images, labels, run, self.cfg.classifier_training)
         held_images, held_labels = self.data("heldout")
         quality = {"heldout_accuracy": accuracy(model, held_images, held_labels)}
-        self._write("metric", model.state_dict(), self.cfg.classifier, quality, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0 + run.earlier_seconds  # earlier processes of a resumed stage
+        self._write("metric", model.state_dict(), self.cfg.classifier, quality, seconds)
         return quality
 
     def tokenizer(self) -> dict[str, float]:
         t0 = time.perf_counter()
         images, _ = self.data("train")
         held = self.data("heldout")[0].float() / 255
-        sweep = {}
+        sweep, earlier = {}, 0.0
         for k in self.cfg.codebook_sweep:  # short runs that inform the codebook size
             cfg = replace(self.cfg.tokenizer, codebook_size=k)
             training = replace(self.cfg.tokenizer_training, steps=self.cfg.sweep_steps)
@@ -154,6 +155,7 @@ class ShapesPretrainer:
             sweep[str(k)] = evaluate_tokenizer(
                 train_tokenizer(MaskGITVQGAN(cfg), images, run, training), held
             )
+            earlier += run.earlier_seconds
         best = max(r["psnr"] for r in sweep.values())
         # a smaller codebook gives the generator fewer near-duplicate codes to tell apart
         k = min(int(k) for k, r in sweep.items() if r["psnr"] >= best - self.cfg.sweep_tolerance_db)
@@ -168,7 +170,7 @@ class ShapesPretrainer:
             model.state_dict(),
             config,
             quality,
-            time.perf_counter() - t0,
+            time.perf_counter() - t0 + earlier + run.earlier_seconds,
             codebook_sweep={
                 "steps": self.cfg.sweep_steps,
                 "rule": f"smallest codebook within {self.cfg.sweep_tolerance_db} dB of the best PSNR",
@@ -217,7 +219,7 @@ class ShapesPretrainer:
         model = ENAT(config)
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + run.earlier_seconds
         quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
         self._write("generator", ema.state_dict(), config, quality, seconds)
         return quality
