@@ -19,7 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
-from adanat.outputs import OutputError, check_output_dir, save_grid, save_images, staged_dir
+from adanat.outputs import (
+    OutputError,
+    check_output_dir,
+    save_grid,
+    save_images,
+    staged_dir,
+    write_text_atomic,
+)
 from adanat.presets import ModelPreset, model_preset_names, world_names
 from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, ScheduleController, generate
@@ -209,12 +216,6 @@ def check_new_file(path: Path | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def cmd_eval(args: EvalArgs) -> int:
     """FID, IS, precision, recall (and class accuracy for ``shapes``) of a schedule or policy."""
     from adanat import evaluation
@@ -255,7 +256,14 @@ def cmd_eval(args: EvalArgs) -> int:
                 real = reference_images(args.reference)
                 feats = None
                 if real is not None:  # precision/recall need real features
-                    feats = evaluation.features_of_images(space, real, shard, device, args.batch_size)
+                    feats = evaluation.features_of_batches(
+                        space,
+                        len(real),
+                        lambda rows: real[rows.start : rows.stop],
+                        shard,
+                        device,
+                        args.batch_size,
+                    )
                 reference = evaluation.Reference(
                     FidStatistics.load(args.reference),
                     feats,
@@ -313,7 +321,7 @@ def cmd_eval(args: EvalArgs) -> int:
     if args.grid is not None:
         save_grid(result.images.float() / 255, args.grid, nrow=10)
     if args.out is not None:
-        _write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
 

@@ -83,12 +83,3 @@ def gather_batches(shard: Shard, mine: list[Tensor], sizes: list[int], device: t
             batches[j] = part[start : start + sizes[j]]
             start += sizes[j]
     return torch.cat([b for b in batches if b is not None]).to(local.device)
-
-
-def broadcast_flag(shard: Shard, ok: bool, device: torch.device) -> bool:
-    """True when every process says ``ok`` (lets one process's failure stop all of them)."""
-    if shard.world_size == 1:
-        return ok
-    t = torch.tensor([0 if ok else 1], device=device)
-    dist.all_reduce(t)
-    return int(t.item()) == 0

@@ -8,7 +8,7 @@ compares the held-out split with a second real split.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,7 @@ from adanat.metrics import (
 from adanat.models.classifier import accuracy
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
+from adanat.outputs import to_uint8
 from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, Generation, generate
 from adanat.schedules import CONTROL_NAMES
@@ -44,20 +45,28 @@ class Samples:
 def sample_batches(
     generator: ENAT,
     tokenizer: MaskGITVQGAN,
-    controller: Controller,
+    make_controller: Callable[[Generators], Controller],
     n: int,
     steps: int,
     seed: int,
     batch_size: int,
+    batches: Iterable[int] | None = None,
 ) -> Iterator[tuple[Tensor, Generation]]:
     """``(labels, generation)`` per batch of ``n`` images with labels ``i % C``; image ``i`` uses
-    row stream ``i`` of ``seed``, so the images do not depend on ``batch_size``."""
+    row stream ``i`` of ``seed``, so the images do not depend on ``batch_size``.
+
+    :param make_controller: the controller of a batch, given the batch's row generators (a
+        fixed schedule ignores them: ``lambda _g: controller``).
+    :param batches: indices of the batches to run (default all; a shard runs its own).
+    """
     device = next(generator.parameters()).device
-    labels = torch.arange(n, device=device) % generator.config.num_classes
-    for i in range(0, n, batch_size):
-        rows = labels[i : i + batch_size]
-        gens = row_generators(seed, len(rows), device, offset=i)
-        yield rows, generate(generator, rows, controller, steps, gens, tokenizer=tokenizer)
+    labels = torch.arange(n, device=device) % generator.config.num_classes  # (N,)
+    bounds = batch_bounds(n, batch_size)
+    for j in range(len(bounds)) if batches is None else batches:
+        rows = bounds[j]
+        gens = row_generators(seed, len(rows), device, offset=rows.start)
+        batch = labels[rows.start : rows.stop]  # (b,)
+        yield batch, generate(generator, batch, make_controller(gens), steps, gens, tokenizer=tokenizer)
 
 
 @torch.no_grad()
@@ -73,8 +82,9 @@ def generate_samples(
 ) -> Samples:
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
     images, labels, traces = [], [], []
-    for rows, out in sample_batches(generator, tokenizer, controller, n, steps, seed, batch_size):
-        images.append((out.images * 255).round().to(torch.uint8).cpu())
+    batches = sample_batches(generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size)
+    for rows, out in batches:
+        images.append(to_uint8(out.images).cpu())
         labels.append(rows.cpu())
         traces.append(out.trace.cpu())
         if on_batch is not None:
@@ -85,7 +95,7 @@ def generate_samples(
 def real_images(split: str, n: int) -> Tensor:
     """``n`` uint8 images of a ``shapes`` split."""
     ds = ShapesDataset(split, n)
-    return torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in range(n)])
+    return to_uint8(torch.stack([ds[i][0] for i in range(n)]))
 
 
 def shapes_quality(samples: Samples, reference: Tensor, seed: int = 0) -> dict[str, float]:
@@ -127,24 +137,30 @@ def shapes_reference(
     batch_size: int = 250,
     split: str = "heldout",
 ) -> Reference:
-    """Features of ``n`` real ``shapes`` images of ``split`` (sharded like the generated ones)."""
+    """Features of ``n`` real ``shapes`` images of ``split`` (sharded like the generated ones;
+    each process renders only its own batches)."""
     ds = ShapesDataset(split, n)
-    bounds = batch_bounds(n, batch_size)
-    mine = []
-    for j in shard.batches(len(bounds)):
-        images = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in bounds[j]])  # (b, 3, H, W)
-        mine.append(space(images)[0])
-    feats = gather_batches(shard, mine, [len(b) for b in bounds], device)  # (n, F)
+
+    def render(rows: range) -> Tensor:
+        return to_uint8(torch.stack([ds[i][0] for i in rows]))  # (b, 3, H, W)
+
+    feats = features_of_batches(space, n, render, shard, device, batch_size)  # (n, F)
     return Reference(FidStatistics.of(feats), feats, f"shapes {split} split, {n} images")
 
 
 @torch.no_grad()
-def features_of_images(
-    space: FeatureSpace, images: Tensor, shard: Shard, device: torch.device, batch_size: int = 250
+def features_of_batches(
+    space: FeatureSpace,
+    n: int,
+    images_of: Callable[[range], Tensor],
+    shard: Shard,
+    device: torch.device,
+    batch_size: int = 250,
 ) -> Tensor:
-    """FID-layer features ``(N, F)`` of uint8 images ``(N, 3, H, W)``, sharded by batch."""
-    bounds = batch_bounds(len(images), batch_size)
-    mine = [space(images[bounds[j].start : bounds[j].stop])[0] for j in shard.batches(len(bounds))]
+    """FID-layer features ``(n, F)`` of ``n`` uint8 images that ``images_of(rows)`` gives batch
+    by batch; each process computes its own batches, every process gets all features."""
+    bounds = batch_bounds(n, batch_size)
+    mine = [space(images_of(bounds[j]))[0] for j in shard.batches(len(bounds))]
     return gather_batches(shard, mine, [len(b) for b in bounds], device)
 
 
@@ -204,20 +220,11 @@ def evaluate_controller(
     sizes = [len(b) for b in bounds]
     labels = torch.arange(n) % generator.config.num_classes  # (N,)
     feats, logits, traces, seconds, kept = [], [], [], [], []
-    for j in shard.batches(len(bounds)):
-        rows = bounds[j]
-        gens = row_generators(seed, len(rows), device, offset=rows.start)
-        t0 = time.perf_counter()
-        out = generate(
-            generator,
-            labels[rows.start : rows.stop].to(device),
-            make_controller(gens),
-            steps,
-            gens,
-            tokenizer,
-        )
-        images = (out.images * 255).round().to(torch.uint8)  # (b, 3, H, W)
-        seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))
+    mine = shard.batches(len(bounds))
+    t0 = time.perf_counter()
+    for rows, out in sample_batches(generator, tokenizer, make_controller, n, steps, seed, batch_size, mine):
+        seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))  # generation
+        images = to_uint8(out.images)  # (b, 3, H, W)
         f, lg = space(images)  # (b, F), (b, C)
         feats.append(f)
         logits.append(lg)
@@ -226,6 +233,7 @@ def evaluate_controller(
             kept.append(images.cpu())
         if on_batch is not None:
             on_batch(len(rows))
+        t0 = time.perf_counter()
     feats_all = gather_batches(shard, feats, sizes, device)  # (N, F)
     logits_all = gather_batches(shard, logits, sizes, device)  # (N, C)
     trace = gather_batches(shard, traces, sizes, device)  # (N, T, 4)
@@ -279,8 +287,6 @@ def controller_fid(
     batch_size: int = 250,
 ) -> float:
     """FID of ``n`` images of a controller (one process; what the schedule search measures)."""
-    feats = [
-        space((out.images * 255).round().to(torch.uint8))[0]
-        for _, out in sample_batches(generator, tokenizer, controller, n, steps, seed, batch_size)
-    ]
+    batches = sample_batches(generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size)
+    feats = [space(to_uint8(out.images))[0] for _, out in batches]
     return float(fid_from_features(torch.cat(feats), reference))

@@ -23,6 +23,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from adanat.models.classifier import ShapesClassifier
+from adanat.outputs import to_uint8
 
 SHAPES_EXTRACTOR = "adanat-shapes"
 
@@ -32,7 +33,7 @@ class ImageTensorDataset(Dataset):
 
     def __init__(self, images: Tensor) -> None:
         if images.dtype != torch.uint8:
-            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            images = to_uint8(images)
         self.images = images.cpu()
 
     def __len__(self) -> int:
@@ -267,6 +268,11 @@ def reference_images(path: str | Path) -> Tensor | None:
 
 def fid_from_features(features: Tensor, reference: FidStatistics) -> float:
     """FID of features ``(N, F)`` against reference statistics."""
+    if features.shape[1] != len(reference.mu):
+        raise MetricsError(
+            f"reference statistics have {len(reference.mu)} features, "
+            f"the feature space gives {features.shape[1]}"
+        )
     ref = {"mu": reference.mu, "sigma": reference.sigma}
     stats = fid_features_to_statistics(features.double())
     return float(fid_statistics_to_metric(stats, ref, False)["frechet_inception_distance"])
@@ -287,13 +293,7 @@ def metrics_from_features(
     :param reference: statistics of the reference features.
     :param reference_features: ``(M, F)`` reference features for precision/recall.
     """
-    if fid_features.shape[1] != len(reference.mu):
-        raise MetricsError(
-            f"reference statistics have {len(reference.mu)} features, "
-            f"the feature space gives {fid_features.shape[1]}"
-        )
-    ref = {"mu": reference.mu, "sigma": reference.sigma}
-    out = dict(fid_statistics_to_metric(fid_features_to_statistics(fid_features.double()), ref, False))
+    out = {"frechet_inception_distance": fid_from_features(fid_features, reference)}
     out.update(isc_features_to_metric(isc_logits.double(), splits=isc_splits, shuffle=True, rng_seed=seed))
     if reference_features is not None:
         out.update(prc_features_to_metric(fid_features.float(), reference_features.float(), verbose=False))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -47,6 +48,19 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         stage.rename(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden file beside ``path`` and move it into place, so ``path`` is
+    either its old content or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [0, 1] (clamped) as uint8 ``0..255``, rounded to the nearest level."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def save_images(images: Tensor, folder: Path, names: list[str]) -> None:

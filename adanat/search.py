@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adanat.outputs import write_text_atomic
 from adanat.schedules import Schedule, cosine_schedule
 
 RATIO_MAX = 0.99
@@ -109,9 +110,7 @@ class SearchState:
     best: dict[str, Any] | None = None  # {"fid", "update", "theta"}: lowest FID measured at a base point
 
     def save(self, folder: Path) -> None:
-        tmp = folder / ".state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(folder / "state.json")
+        write_text_atomic(folder / "state.json", json.dumps(asdict(self), indent=1) + "\n")
 
     @staticmethod
     def load(folder: Path) -> SearchState | None:

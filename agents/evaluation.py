@@ -55,7 +55,13 @@ class PolicyEvaluator:
         core = self.core
         rewards, images, traces = [], [], []
         batches = sample_batches(
-            core.generator, core.tokenizer, controller, self.episodes, core.steps, self.seed, core.num_rows
+            core.generator,
+            core.tokenizer,
+            lambda _g: controller,
+            self.episodes,
+            core.steps,
+            self.seed,
+            core.num_rows,
         )
         for labels, out in batches:
             assert out.images is not None

@@ -23,6 +23,7 @@ from adanat.evaluation import generate_samples
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
+from adanat.outputs import to_uint8, write_text_atomic
 from adanat.presets import generator_config, tokenizer_config
 from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.generator import GeneratorTraining, train_generator
@@ -83,7 +84,7 @@ def render_split(split: str, n: int, cache: Path) -> tuple[Tensor, Tensor]:
         task = progress.add_task(f"rendering {split}", total=n)
         for i in range(n):
             img, y = ds[i]
-            images[i] = (img * 255).round().to(torch.uint8)
+            images[i] = to_uint8(img)
             labels[i] = y
             if i % 500 == 0:
                 progress.update(task, completed=i)
@@ -125,9 +126,7 @@ class ShapesPretrainer:
         manifest.setdefault("models", {})[name] = manifest_entry(
             path, config, self.command, quality, train_seconds=round(seconds, 1), **extra
         )
-        tmp_manifest = manifest_path.with_suffix(".tmp")
-        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp_manifest.replace(manifest_path)
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     def metric(self) -> dict[str, float]:
         t0 = time.perf_counter()
