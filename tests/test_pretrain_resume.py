@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adanat.models.classifier import ShapesClassifier
 from adanat.models.enat import ENAT
-from adanat.presets import generator_config
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import generator_config, tokenizer_config
+from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.tokenizer import TokenizerTraining, train_tokenizer
 
 
 class InterruptedRun(TrainingRun):
@@ -44,6 +48,38 @@ def test_generator_resume_with_ema_and_dropout(tmp_path):
         train_generator(fresh(), tokens, labels, InterruptedRun(tmp_path / "b", 6, 3, stop=3), cfg)
     torch.manual_seed(123)  # a new process: the global RNG state comes from the checkpoint
     resumed = train_generator(fresh(), tokens, labels, TrainingRun(tmp_path / "b", 6, 3), cfg)
+    assert _same(straight, resumed)
+
+
+def test_tokenizer_resume_with_code_restarts(tmp_path):
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    cfg = TokenizerTraining(steps=6, batch_size=4, warmup=2, restart_every=2)
+
+    def fresh() -> MaskGITVQGAN:
+        torch.manual_seed(0)
+        return MaskGITVQGAN(tokenizer_config("vqgan-shapes-tiny"))
+
+    straight = train_tokenizer(fresh(), images, TrainingRun(tmp_path / "a", 6, 3), cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(fresh(), images, InterruptedRun(tmp_path / "b", 6, 3, stop=3), cfg)
+    resumed = train_tokenizer(fresh(), images, TrainingRun(tmp_path / "b", 6, 3), cfg)
+    assert _same(straight, resumed)
+    assert not _same(straight, fresh())
+
+
+def test_metric_network_resume(tmp_path):
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    cfg = ClassifierTraining(steps=6, batch_size=8)
+
+    def fresh() -> ShapesClassifier:
+        torch.manual_seed(0)
+        return ShapesClassifier()
+
+    straight = train_classifier(fresh(), images, labels, TrainingRun(tmp_path / "a", 6, 3), cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(fresh(), images, labels, InterruptedRun(tmp_path / "b", 6, 3, stop=3), cfg)
+    resumed = train_classifier(fresh(), images, labels, TrainingRun(tmp_path / "b", 6, 3), cfg)
     assert _same(straight, resumed)
 
 

@@ -92,7 +92,7 @@ def train_tokenizer(
                 group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps)
             idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
             images = train[idx].float() / 255  # (B, 3, H, W)
-            loss, parts, ids = vq_losses(model, images, cfg.beta)
+            loss, losses, ids = vq_losses(model, images, cfg.beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -103,9 +103,9 @@ def train_tokenizer(
             if run.step % cfg.restart_every == 0:
                 _restart_dead_codes(model, images, last_used, run.step, cfg.restart_every, gen)
             if run.step % 20 == 0:
-                run.log({f"tokenizer/{k_}": v.item() for k_, v in parts.items()})
+                run.log({f"tokenizer/{k_}": v.item() for k_, v in losses.items()})
                 run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
-                progress.update(task, info=f"l1 {parts['l1'].item():.4f}")
+                progress.update(task, info=f"l1 {losses['l1'].item():.4f}")
             progress.update(task, completed=run.step)
             run.checkpoint(parts)
     return model.eval()
