@@ -52,7 +52,8 @@ def test_generator_resume_with_ema_and_dropout(tmp_path):
 
 
 def test_tokenizer_resume_with_code_restarts(tmp_path):
-    images = torch.randint(0, 256, (40, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=gen, dtype=torch.uint8)
     cfg = TokenizerTraining(steps=6, batch_size=4, warmup=2, restart_every=2)
 
     def fresh() -> MaskGITVQGAN:
@@ -68,7 +69,8 @@ def test_tokenizer_resume_with_code_restarts(tmp_path):
 
 
 def test_metric_network_resume(tmp_path):
-    images = torch.randint(0, 256, (40, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=gen, dtype=torch.uint8)
     labels = torch.arange(40) % 10
     cfg = ClassifierTraining(steps=6, batch_size=8)
 
