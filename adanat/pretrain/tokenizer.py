@@ -104,7 +104,8 @@ def train_tokenizer(
                 _restart_dead_codes(model, images, last_used, run.step, cfg.restart_every, gen)
             if run.step % 20 == 0:
                 run.log({f"tokenizer/{k_}": v.item() for k_, v in losses.items()})
-                run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
+                with torch.no_grad():
+                    run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
                 progress.update(task, info=f"l1 {losses['l1'].item():.4f}")
             progress.update(task, completed=run.step)
             run.checkpoint(parts)
