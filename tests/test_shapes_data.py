@@ -44,3 +44,20 @@ def test_bad_split_and_index():
         ShapesDataset("test")
     with pytest.raises(IndexError):
         ShapesDataset("train", 5)[5]
+
+
+def test_render_cache_is_keyed_by_the_world(tmp_path, monkeypatch):
+    """Cached images are reused for the same world and never for a changed one."""
+    import adanat.worlds.shapes as world
+    from adanat.pretrain.shapes import render_split, world_fingerprint
+
+    images, labels = render_split("heldout", 12, tmp_path)
+    assert torch.equal(images[3], (ShapesDataset("heldout", 12)[3][0] * 255).round().to(torch.uint8))
+    assert torch.equal(labels, torch.arange(12) % len(CLASSES))
+    assert len(list(tmp_path.glob("heldout-*-12.safetensors"))) == 1
+    before = world_fingerprint("heldout")
+    monkeypatch.setattr(world, "BACKGROUND", tuple((1 - r, 1 - g, 1 - b) for r, g, b in world.BACKGROUND))
+    assert world_fingerprint("heldout") != before
+    changed, _ = render_split("heldout", 12, tmp_path)
+    assert not torch.equal(changed, images)
+    assert len(list(tmp_path.glob("heldout-*-12.safetensors"))) == 2

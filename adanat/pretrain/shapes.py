@@ -7,6 +7,7 @@ The rendered images and the tokenised training set are cached in the run folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -71,9 +72,17 @@ class ShapesPretraining:
         )
 
 
+def world_fingerprint(split: str, probe: int = 20) -> str:
+    """Hash of the first ``probe`` images of a split: changes whenever the world's definition does."""
+    ds = ShapesDataset(split, probe)
+    pixels = b"".join(to_uint8(ds[i][0]).numpy().tobytes() for i in range(probe))
+    return hashlib.sha256(pixels).hexdigest()[:12]
+
+
 def render_split(split: str, n: int, cache: Path) -> tuple[Tensor, Tensor]:
-    """uint8 images ``(n, 3, 32, 32)`` and labels ``(n,)`` of a split, cached as safetensors."""
-    path = cache / f"{split}-{n}.safetensors"
+    """uint8 images ``(n, 3, 32, 32)`` and labels ``(n,)`` of a split, cached as safetensors under
+    a name that carries :func:`world_fingerprint` (a changed world never reuses old images)."""
+    path = cache / f"{split}-{world_fingerprint(split)}-{n}.safetensors"
     if path.is_file():
         d = load_file(str(path))
         return d["images"], d["labels"]
