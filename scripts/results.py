@@ -61,7 +61,7 @@ def rows(work: Path, steps: int) -> list[tuple[str, str, str]]:
 
 
 def stage_search(args: argparse.Namespace) -> None:
-    for steps in STEPS:
+    for steps in args.steps:
         out = args.work / f"search-t{steps}"
         run([
             sys.executable, "-m", "adanat", "search", "--preset", "shapes", "--steps", str(steps),
@@ -76,7 +76,8 @@ def stage_search(args: argparse.Namespace) -> None:
 
 def stage_train(args: argparse.Namespace) -> None:
     script = str(Path(__file__).with_name("train_policy.py"))
-    jobs = [(s, "adversarial", seed) for s in STEPS for seed in SEEDS] + [(s, "classifier", 0) for s in STEPS]
+    jobs = [(s, "adversarial", seed) for s in args.steps for seed in SEEDS]
+    jobs += [(s, "classifier", 0) for s in args.steps]
     for steps, reward, seed in jobs:
         folder = policy_dir(args.work, steps, reward, seed)
         state_file = folder / "checkpoint" / "state.json"
@@ -96,7 +97,7 @@ def stage_train(args: argparse.Namespace) -> None:
 def stage_eval(args: argparse.Namespace) -> None:
     (args.work / "eval").mkdir(parents=True, exist_ok=True)
     args.grids.mkdir(parents=True, exist_ok=True)
-    for steps in STEPS:
+    for steps in args.steps:
         for name, policy, _ in rows(args.work, steps):
             out = args.work / "eval" / f"t{steps}-{name}.json"
             if out.is_file():
@@ -125,7 +126,8 @@ def stage_report(args: argparse.Namespace) -> None:
         "",
         f"Written by `python scripts/results.py --stage report` from `adanat eval` runs ({args.n} generated "
         f"vs {args.n} held-out images, seed 0, metric-network feature space through torch-fidelity). "
-        "Learned policies: mean ± std over training seeds 0, 1, 2 (each evaluated with its mean action).",
+        "Learned policies: mean ± std over the training seeds named in the row (each evaluated with "
+        "its mean action).",
         "",
     ]
     for steps in STEPS:
@@ -148,7 +150,11 @@ def stage_report(args: argparse.Namespace) -> None:
             cells.append(_fmt([r["gflops_per_image"] for r in reps], "{:.3f}"))
             cells.append(_fmt([1000 * r["seconds_per_image"] for r in reps], "{:.1f}"))
             grid = f"[grid](results/t{steps}-{names[group][0]}.png)"
-            lines.append(f"| {group} | " + " | ".join(cells) + f" | {grid} |")
+            label = group
+            if group.startswith("AdaNAT"):
+                seeds = ", ".join(n.rsplit("seed", 1)[1] for n in names[group])
+                label += f" (seed{'s' if len(reps) > 1 else ''} {seeds})"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {grid} |")
         fixed = [g for g in reports if not g.startswith("AdaNAT")]
         best = min(fixed, key=lambda g: reports[g][0]["metrics"]["frechet_inception_distance"])
         best_fid = reports[best][0]["metrics"]["frechet_inception_distance"]
@@ -190,6 +196,9 @@ def main() -> int:
     p.add_argument("--search-samples", type=int, default=1000, help="images per FID in the search")
     p.add_argument(
         "--episodes", type=int, default=None, help="policy training episodes (default: the script's)"
+    )
+    p.add_argument(
+        "--steps", type=int, nargs="+", default=list(STEPS), choices=STEPS, help="T values to run (all)"
     )
     p.add_argument("--ship", action="store_true", help="copy searched schedules into the package")
     p.add_argument("--grids", type=Path, default=Path("docs/results"))
