@@ -5,7 +5,9 @@ temperatures (the last step reveals everything, so it has neither), ``T`` sampli
 and ``T`` guidance scales, starting from the cosine schedule. One update measures FID at the
 current point and at the point with one parameter raised by its probe size ``delta`` (every
 parameter in turn), takes the forward differences as the gradient, and makes an SGD step with
-momentum; mask ratios are clamped to ``[0, 0.99]`` and the other controls to ``>= 1e-4``. Every
+momentum; mask ratios are clamped to ``[0, 0.99]`` and the other controls to ``>= 1e-4``. A mask
+ratio within ``delta`` of 0.99 is probed downwards (a backward difference), since a ratio of 1 or
+more is not a schedule. Every
 FID of a search uses the same seed (common random numbers), so that differences measure the
 schedule rather than the sampling noise.
 
@@ -96,6 +98,16 @@ def probe_sizes(cfg: SearchConfig, tokens: int) -> list[float]:
     return [ratio if i < n_ratio else cfg.delta_other for i in range(4 * cfg.steps - 2)]
 
 
+def probe_steps(theta: list[float], deltas: list[float], steps: int) -> list[float]:
+    """Signed probe of each parameter: ``+delta`` (forward difference), or ``-delta`` (backward)
+    where the forward probe would leave the valid range (a mask ratio already near 0.99)."""
+    n_ratio = steps - 1
+    return [
+        -d if i < n_ratio and p + d > RATIO_MAX else d
+        for i, (p, d) in enumerate(zip(theta, deltas, strict=True))
+    ]
+
+
 @dataclass
 class SearchState:
     """Everything needed to continue a search."""
@@ -172,14 +184,15 @@ def run_search(
             if state.best is None or state.base_fid < state.best["fid"]:
                 state.best = {"fid": state.base_fid, "update": state.update, "theta": list(state.theta)}
             state.save(folder)
+        signed = probe_steps(state.theta, deltas, cfg.steps)
         for i, name in enumerate(names):
             if str(i) in state.probes:
                 continue
             probe = list(state.theta)
-            probe[i] += deltas[i]
+            probe[i] += signed[i]
             state.probes[str(i)] = measure(probe, f"update {state.update}: {name}")
             state.save(folder)
-        grad = [(state.probes[str(i)] - state.base_fid) / deltas[i] for i in range(len(names))]
+        grad = [(state.probes[str(i)] - state.base_fid) / signed[i] for i in range(len(names))]
         state.velocity = [cfg.momentum * v + g for v, g in zip(state.velocity, grad, strict=True)]
         lrs = [cfg.lr_ratio if i < n_ratio else cfg.lr_other for i in range(len(names))]
         theta = [p - lr * v for p, lr, v in zip(state.theta, lrs, state.velocity, strict=True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -15,6 +16,7 @@ from adanat.search import (
     clamp,
     parameter_names,
     probe_sizes,
+    probe_steps,
     run_search,
     schedule_to_vector,
     vector_to_schedule,
@@ -40,6 +42,22 @@ def test_clamp_and_probes():
     assert clamp(theta, 2) == [0.99, 1e-4, 1e-4, 1e-4, 2.0, 1e-4]
     assert probe_sizes(SearchConfig(steps=2), tokens=64)[:2] == [1 / 64, 0.1]
     assert probe_sizes(SearchConfig(steps=2), tokens=256)[0] == 0.01
+    deltas = probe_sizes(SearchConfig(steps=3), tokens=64)
+    theta = [0.99, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]  # T=3
+    assert probe_steps(theta, deltas, 3) == [-1 / 64, 1 / 64, *[0.1] * 8]
+
+
+def test_a_ratio_at_its_bound_is_probed_backwards(tmp_path):
+    cfg = SearchConfig(steps=2, updates=1, lr_ratio=0.05, lr_other=0.05)
+    target = [0.5, 1.0, 2.0, 1.5, 0.5, 2.0]
+    calls: list[Schedule] = []
+    start = SearchState(config=asdict(cfg), theta=[0.99, 1.0, 1.0, 1.0, 0.0, 0.0], velocity=[0.0] * 6)
+    start.save(tmp_path)
+    state = run_search(cfg, tmp_path, _quadratic(target, calls), tokens=64)
+    d = 1 / 64
+    assert schedule_to_vector(calls[1])[0] == pytest.approx(0.99 - d)  # a valid schedule below the bound
+    backward = 2 * (0.99 - 0.5) - d  # (f(0.99 - d) - f(0.99)) / -d for the quadratic
+    assert state.theta[0] == pytest.approx(0.99 - 0.05 * backward)
 
 
 def _quadratic(target: list[float], calls: list[Schedule]):
