@@ -1,9 +1,9 @@
 """``shapes``: a procedural, class-conditional 32x32 RGB image data set generated on the fly.
 
 Each image shows one shape of its class (circle, square, triangle, star, plus, ring, crescent,
-half-disk, double bar, L-corner) at a random position, scale and rotation, in one of eight palette
-colours, on one of six background colours (solid, gradient or low-contrast stripes), and in three
-images of ten with a small distractor blob or stroke.
+half-disk, double bar, L-corner) at a random position, scale and rotation, in one of six palette
+colours, on one of four solid background colours, and in one image of five with a small
+distractor blob or stroke.
 Image ``i`` of a split is a pure function of ``(split seed, i)``; its class is ``i % 10``.
 Shapes are rasterised from signed distance functions with one pixel of anti-aliasing.
 """
@@ -84,7 +84,7 @@ def shape_sdf(kind: int, px: Tensor, py: Tensor, r: float) -> Tensor:
     if name == "star":
         pts = []
         for k in range(10):
-            rad = r if k % 2 == 0 else 0.45 * r
+            rad = r if k % 2 == 0 else 0.5 * r
             a = -math.pi / 2 + k * math.pi / 5
             pts.append((rad * math.cos(a), rad * math.sin(a)))
         return _polygon(px, py, pts)
@@ -104,24 +104,22 @@ def shape_sdf(kind: int, px: Tensor, py: Tensor, r: float) -> Tensor:
 
 
 # Colours come from small palettes, so that the information a generator must learn is mostly
-# geometric (which shape, where, how large, how turned) rather than continuous colour noise.
+# geometric (which shape, where, how large, how turned) rather than colour noise: with 8 x 8 tokens
+# of 4 x 4 pixels every colour pair multiplies the codes an edge needs, and shaded backgrounds
+# (gradients, stripes) spent half of a 128-code book on background shades in an earlier version.
 FOREGROUND: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.15, 0.15),  # red
-    (0.95, 0.55, 0.10),  # orange
     (0.95, 0.90, 0.20),  # yellow
     (0.20, 0.75, 0.25),  # green
     (0.15, 0.80, 0.85),  # cyan
     (0.20, 0.35, 0.90),  # blue
-    (0.65, 0.25, 0.80),  # purple
     (0.95, 0.95, 0.95),  # white
 )
 BACKGROUND: tuple[tuple[float, float, float], ...] = (
     (0.10, 0.12, 0.25),  # navy
     (0.18, 0.18, 0.18),  # charcoal
     (0.10, 0.25, 0.15),  # forest
-    (0.30, 0.10, 0.12),  # maroon
     (0.75, 0.68, 0.50),  # sand
-    (0.45, 0.50, 0.55),  # slate
 )
 
 
@@ -130,21 +128,8 @@ def _pick(g: torch.Generator, palette: tuple[tuple[float, float, float], ...]) -
 
 
 def _background(g: torch.Generator, x: Tensor, y: Tensor) -> Tensor:
-    """Solid (1/2), gradient (1/4) or low-contrast stripes (1/4) from a background colour."""
-    base = _pick(g, BACKGROUND)  # (3,)
-    shift = 0.12 if float(base.mean()) < 0.5 else -0.12
-    other = (base + shift).clamp(0, 1)  # (3,)
-    kind = int(torch.multinomial(torch.tensor([0.5, 0.25, 0.25]), 1, generator=g))
-    a = float(torch.rand(1, generator=g)) * 2 * math.pi
-    u = (x * math.cos(a) + y * math.sin(a)) / IMAGE_SIZE  # (H, W)
-    if kind == 0:  # solid
-        t = torch.zeros_like(x)
-    elif kind == 1:  # gradient
-        t = (u - u.min()) / (u.max() - u.min())
-    else:  # stripes
-        period = 6 + 4 * float(torch.rand(1, generator=g))
-        t = (torch.sin(2 * math.pi * u * IMAGE_SIZE / period) > 0).float()
-    return base[:, None, None] * (1 - t) + other[:, None, None] * t  # (3, H, W)
+    """A solid background in one of the background colours."""
+    return _pick(g, BACKGROUND)[:, None, None].expand(3, *x.shape).clone()  # (3, H, W)
 
 
 def render(seed: int, index: int, label: int) -> Tensor:
@@ -152,8 +137,8 @@ def render(seed: int, index: int, label: int) -> Tensor:
     g = _generator(seed, index)
     x, y = _grid()
     image = _background(g, x, y)  # (3, H, W)
-    # a distractor in 3 images of 10: a small blob or a short stroke, drawn under the main shape
-    if float(torch.rand(1, generator=g)) < 0.3:
+    # a distractor in 1 image of 5: a small blob or a short stroke, drawn under the main shape
+    if float(torch.rand(1, generator=g)) < 0.2:
         cx, cy = (torch.rand(2, generator=g) * IMAGE_SIZE).tolist()
         col = _pick(g, FOREGROUND)
         if float(torch.rand(1, generator=g)) < 0.5:
@@ -166,7 +151,7 @@ def render(seed: int, index: int, label: int) -> Tensor:
         alpha = (0.5 - sdf).clamp(0, 1)  # (H, W)
         image = image * (1 - alpha) + col[:, None, None] * alpha
     # the main shape: a palette colour that stands out, random scale, rotation and position
-    r = 8.0 + 4.0 * float(torch.rand(1, generator=g))
+    r = 10.0 + 3.0 * float(torch.rand(1, generator=g))
     angle = float(torch.rand(1, generator=g)) * 2 * math.pi
     margin = r * 0.9
     cx, cy = (margin + torch.rand(2, generator=g) * (IMAGE_SIZE - 2 * margin)).tolist()
