@@ -80,13 +80,14 @@ def parse_classes(text: str | None, preset: ModelPreset, n: int) -> list[int]:
     return [classes[i % len(classes)] for i in range(n)]
 
 
-@dataclass
-class SampleArgs:
+@dataclass(kw_only=True)
+class GenerationArgs:
+    """Options shared by the commands that generate images (``sample``, ``eval``)."""
+
     policy: str
     preset: str
     generator: Path | None
     tokenizer: Path | None
-    classes: str | None
     n: int
     steps: int | None
     seed: int
@@ -94,6 +95,11 @@ class SampleArgs:
     device: str
     batch_size: int
     stochastic: bool = False
+
+
+@dataclass(kw_only=True)
+class SampleArgs(GenerationArgs):
+    classes: str | None
 
 
 def is_policy_folder(policy: str) -> bool:
@@ -101,23 +107,12 @@ def is_policy_folder(policy: str) -> bool:
     return Path(policy).is_dir()
 
 
-@dataclass
-class EvalArgs:
-    policy: str
-    preset: str
-    generator: Path | None
-    tokenizer: Path | None
-    n: int
-    steps: int | None
-    seed: int
-    out: Path | None
-    device: str
-    batch_size: int
+@dataclass(kw_only=True)
+class EvalArgs(GenerationArgs):
     reference: Path | None
     reference_n: int | None
     inception: Path | None
     grid: Path | None
-    stochastic: bool = False
 
 
 def policy_controller_factory(
@@ -386,9 +381,7 @@ def cmd_search(args: SearchArgs) -> int:
         momentum=args.momentum,
         name=name,
     )
-    state = search.SearchState.load(out) if out.is_dir() else None
-    if state is not None:
-        search.start_state(cfg, out)  # refuses a folder searched with other settings
+    state = search.start_state(cfg, out)  # refuses a folder searched with other settings
     device = resolve_device(args.device)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
     try:
@@ -417,9 +410,7 @@ def cmd_search(args: SearchArgs) -> int:
         )
 
     per_update = 4 * steps - 1
-    done = (
-        0 if state is None else state.update * per_update + (state.base_fid is not None) + len(state.probes)
-    )
+    done = state.update * per_update + (state.base_fid is not None) + len(state.probes)
     columns = (
         TextColumn("search"),
         BarColumn(),
@@ -562,16 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adanat`` console script."""
     args = build_parser().parse_args(argv)
+    commands = {
+        "sample": (SampleArgs, cmd_sample),
+        "search": (SearchArgs, cmd_search),
+        "eval": (EvalArgs, cmd_eval),
+    }
     try:
-        if args.command == "sample":
-            fields = SampleArgs.__dataclass_fields__
-            return cmd_sample(SampleArgs(**{k: v for k, v in vars(args).items() if k in fields}))
-        if args.command == "search":
-            fields = SearchArgs.__dataclass_fields__
-            return cmd_search(SearchArgs(**{k: v for k, v in vars(args).items() if k in fields}))
-        if args.command == "eval":
-            fields = EvalArgs.__dataclass_fields__
-            return cmd_eval(EvalArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+        if args.command in commands:
+            kind, run = commands[args.command]
+            return run(kind(**{k: v for k, v in vars(args).items() if k in kind.__dataclass_fields__}))
     except EXPECTED_ERRORS as e:
         print(f"adanat {args.command}: error: {e}", file=sys.stderr)
         return 2
