@@ -1,8 +1,9 @@
 """Class-conditional discriminators: a small conv net for ``shapes``, DINO-projected for ImageNet.
 
-Both return per-location logits ``(B, N)``; the image's logit is their mean. Class conditioning
-is by projection: each location's logit adds the inner product of its feature with a class
-embedding (Miyato & Koyama 2018), as in the projected discriminator AdaNAT uses.
+Both return logits ``(B, N)`` and the image's logit is their mean: one whole-image logit for the
+conv net, one per token and head for the projected one. Class conditioning is by projection: a
+logit adds the inner product of its feature with a class embedding (Miyato & Koyama 2018), as in
+the projected discriminator AdaNAT uses.
 """
 
 from __future__ import annotations
@@ -19,35 +20,43 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 @dataclass(frozen=True)
 class ConvDiscriminatorConfig:
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (32, 64, 128, 128)
     num_classes: int = 10
     spectral_norm: bool = False  # with it, logits stay near 0 and learning at lr 1e-4 is slow
 
 
 class ConvDiscriminator(nn.Module):
-    """Projection discriminator for small images: spectral-normalised stride-2 convs, then
-    a logit per location of the last feature map (``(B, (H / 2^(n-1))^2)``)."""
+    """Projection discriminator for small images that judges the whole image.
 
-    def __init__(self, config: ConvDiscriminatorConfig) -> None:
+    Stride-2 convs (the first at stride 1) reduce the image to a small map, a linear layer reads
+    the whole map into one feature ``phi``, and the image's single logit is
+    ``w . phi + embed(label) . phi / sqrt(C)``. An earlier version gave one logit per location of
+    an 8 x 8 map, each seeing an 11-pixel window: a policy could then raise its reward with
+    crisp local edges while the shape, and so the class, got worse (FID doubled on ``shapes``).
+    """
+
+    def __init__(self, config: ConvDiscriminatorConfig, image_size: int = 32) -> None:
         super().__init__()
         self.config = config
         sn = spectral_norm if config.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
-        c_in = 3
+        c_in, side = 3, image_size
         for i, c in enumerate(config.widths):
             stride = 1 if i == 0 else 2
             layers += [sn(nn.Conv2d(c_in, c, 3, stride, 1)), nn.LeakyReLU(0.2)]
-            c_in = c
+            c_in, side = c, (side - 1) // stride + 1
         self.body = nn.Sequential(*layers)
-        self.out = sn(nn.Conv2d(c_in, 1, 1))
+        self.read = sn(nn.Linear(c_in * side * side, c_in))
+        self.out = sn(nn.Linear(c_in, 1))
         self.embed = nn.Embedding(config.num_classes, c_in)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Logits ``(B, N)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
-        h = self.body(images * 2 - 1)  # (B, C, h, w)
-        proj = (h * self.embed(labels)[:, :, None, None]).sum(1) / math.sqrt(h.shape[1])  # (B, h, w)
-        return (self.out(h)[:, 0] + proj).flatten(1)  # (B, h*w)
+        """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
+        h = self.body(images * 2 - 1).flatten(1)  # (B, C * h * w)
+        phi = F.leaky_relu(self.read(h), 0.2)  # (B, C)
+        proj = (phi * self.embed(labels)).sum(1, keepdim=True) / math.sqrt(phi.shape[1])  # (B, 1)
+        return self.out(phi) + proj  # (B, 1)
 
 
 class _Head(nn.Module):
