@@ -1,8 +1,10 @@
 """Pretrain a world's models: ``python scripts/pretrain.py --env shapes --stage all``.
 
-Stages: ``metric`` (classifier for FID/IS), ``tokenizer`` (VQGAN), ``generator`` (ENAT, needs the
-tokenizer). Each stage resumes from ``--run-dir`` after an interruption and writes its weights and
-manifest entry to ``--out`` (by default the package's shipped assets).
+Stages: ``metric`` (classifier for FID/IS), ``tokenizer`` (VQGAN), ``prune`` (merges the
+tokenizer's near-duplicate codes; needs the metric network and the tokenizer), ``generator``
+(ENAT, on the tokens of the shipped tokenizer). Each stage resumes from ``--run-dir`` after an
+interruption and writes its weights and manifest entry to ``--out`` (by default the package's
+shipped assets).
 """
 
 from __future__ import annotations

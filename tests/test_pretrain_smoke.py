@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from adanat.assets import verified_file
+from adanat.pretrain.shapes import world_fingerprint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
 
@@ -22,9 +23,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_each_stage_through_the_script(tmp_path):
     run, out = tmp_path / "run", tmp_path / "out"
-    for stage in ("metric", "tokenizer", "generator"):
+    for stage in ("metric", "tokenizer", "prune", "generator"):
         res = _run("--stage", stage, "--run-dir", str(run), "--out", str(out))
         assert res.returncode == 0, res.stderr[-2000:]
+        if stage == "prune":
+            continue
         folder = run / ("tokenizer-16" if stage == "tokenizer" else stage)  # the sweep picks 16 codes
         assert (folder / "checkpoint.pt").is_file()
         assert any((folder / "tb").iterdir())  # TensorBoard events
@@ -34,8 +37,27 @@ def test_each_stage_through_the_script(tmp_path):
         assert verified_file(out, name).is_file()
     tok = manifest["models"]["tokenizer"]
     assert set(tok["codebook_sweep"]["results"]) == {"16", "32"}
-    assert tok["config"]["codebook_size"] == 16  # tiny sweep: tied within 0.5 dB, the smaller wins
+    pruning = tok["codebook_pruning"]
+    assert pruning["trained_codebook_size"] == 16  # tiny sweep: tied within 0.5 dB, the smaller wins
+    assert set(pruning["results"]) == {"4", "8"}
+    assert pruning["command"].endswith("--stage prune --run-dir " + str(run) + " --out " + str(out))
+    assert tok["command"].endswith("--stage tokenizer --run-dir " + str(run) + " --out " + str(out))
+    size = tok["config"]["codebook_size"]
+    passed = [
+        int(k)
+        for k, q in pruning["results"].items()
+        if q["psnr"] >= pruning["trained_quality"]["psnr"] - 1.5
+        and q["reconstruction_class_accuracy"]
+        >= pruning["trained_quality"]["reconstruction_class_accuracy"] - 0.015
+    ]
+    assert size == min(passed, default=16)
+    assert manifest["models"]["generator"]["config"]["codebook_size"] == size
     assert "psnr" in tok["quality"] and 0 < tok["quality"]["codebook_usage"] <= 1
+    assert all(e["world"] == world_fingerprint("train") for e in manifest["models"].values())
+    # pruning again starts from the full tokenizer kept in the run folder: the same result
+    pruned = (out / "tokenizer.safetensors").read_bytes()
+    assert _run("--stage", "prune", "--run-dir", str(run), "--out", str(out)).returncode == 0
+    assert (out / "tokenizer.safetensors").read_bytes() == pruned
     assert "class_accuracy_enat_t8" in manifest["models"]["generator"]["quality"]
     assert manifest["models"]["generator"]["command"].startswith("python scripts/pretrain.py --tiny")
 

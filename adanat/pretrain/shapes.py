@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
 from adanat.outputs import to_uint8, write_text_atomic
 from adanat.presets import generator_config, tokenizer_config
 from adanat.pretrain.classifier import ClassifierTraining, train_classifier
+from adanat.pretrain.codebook import code_usage, prune_codebook
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
@@ -34,7 +36,7 @@ from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
 
-STAGES = ("metric", "tokenizer", "generator")
+STAGES = ("metric", "tokenizer", "prune", "generator")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class ShapesPretraining:
     codebook_sweep: tuple[int, ...] = (128, 256, 512)
     sweep_steps: int = 400
     sweep_tolerance_db: float = 0.5  # the smallest codebook within this PSNR of the best wins
+    prune_sizes: tuple[int, ...] = (32, 48, 64, 96, 128)
+    prune_tolerance_db: float = 1.5  # the smallest pruned codebook within this PSNR of the full one
+    prune_tolerance_accuracy: float = 0.015  # ... and within this metric accuracy on reconstructions
+    prune_usage_images: int = 10_000  # training images that count how often each code is used
     eval_samples: int = 1000
 
     @staticmethod
@@ -68,6 +74,8 @@ class ShapesPretraining:
             classifier_training=ClassifierTraining(steps=4, batch_size=8),
             codebook_sweep=(16, 32),
             sweep_steps=2,
+            prune_sizes=(4, 8),
+            prune_usage_images=100,
             eval_samples=20,
         )
 
@@ -123,8 +131,12 @@ class ShapesPretrainer:
         config: object,
         quality: dict[str, float],
         seconds: float,
+        command: str | None = None,
+        world: str | None = None,
         **extra: object,
     ) -> None:
+        """Write weights and their manifest entry; ``command`` and ``world`` (fingerprint) default
+        to this run's, and are passed on when an entry made by an earlier run is rewritten."""
         path = self.out_dir / f"{name}.safetensors"
         tmp = self.out_dir / f".{name}.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
@@ -133,7 +145,13 @@ class ShapesPretrainer:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"world": "shapes"}
         manifest["classes"] = list(CLASSES)
         manifest.setdefault("models", {})[name] = manifest_entry(
-            path, config, self.command, quality, train_seconds=round(seconds, 1), **extra
+            path,
+            config,
+            command or self.command,
+            quality,
+            train_seconds=round(seconds, 1),
+            world=world or world_fingerprint("train"),  # the world definition it was trained on
+            **extra,
         )
         write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
@@ -186,6 +204,85 @@ class ShapesPretrainer:
             },
         )
         return quality
+
+    def prune(self) -> dict[str, float]:
+        """Merge near-duplicate codes of the trained tokenizer (:mod:`adanat.pretrain.codebook`).
+
+        The full tokenizer is kept as ``tokenizer-full.safetensors`` in the run folder, so the
+        stage can run again; the shipped tokenizer becomes the smallest pruned one whose held-out
+        reconstructions lose at most ``prune_tolerance_db`` PSNR and ``prune_tolerance_accuracy``
+        metric-network accuracy against the full codebook."""
+        t0 = time.perf_counter()
+        manifest = json.loads((self.out_dir / "manifest.json").read_text())
+        entry = manifest["models"].get("tokenizer") if "models" in manifest else None
+        if entry is None or not (self.out_dir / "metric.safetensors").is_file():
+            raise FileNotFoundError("the prune stage needs the metric and tokenizer stages first")
+        full_path = self.run_dir / "tokenizer-full.safetensors"
+        full_entry_path = self.run_dir / "tokenizer-full.json"
+        if "codebook_pruning" not in entry:  # a freshly trained tokenizer: keep it for re-runs
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.out_dir / "tokenizer.safetensors", full_path)
+            write_text_atomic(full_entry_path, json.dumps(entry, indent=2) + "\n")
+        entry = json.loads(full_entry_path.read_text())
+        full_cfg = VQGANConfig(**{**entry["config"], "ch_mult": tuple(entry["config"]["ch_mult"])})
+        full = load_tokenizer(full_path, full_cfg)
+        train_images = self.data("train")[0][: self.cfg.prune_usage_images]
+        held_images, held_labels = self.data("heldout")
+        metric = ShapesClassifier(self.cfg.classifier)
+        metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
+        usage = code_usage(full, train_images)
+
+        def quality(model: MaskGITVQGAN) -> dict[str, float]:
+            q = evaluate_tokenizer(model, held_images.float() / 255)
+            with torch.no_grad():
+                recon = torch.cat(
+                    [
+                        model.decode(model.encode(held_images[i : i + 500].float() / 255))
+                        for i in range(0, len(held_images), 500)
+                    ]
+                )
+            return {**q, "reconstruction_class_accuracy": accuracy(metric, recon, held_labels)}
+
+        reference = quality(full)
+        results, chosen = {}, full
+        for size in sorted(self.cfg.prune_sizes, reverse=True):
+            if size >= full.config.codebook_size:
+                continue
+            model = prune_codebook(full, usage, size)
+            results[str(size)] = q = quality(model)
+            ok = (
+                q["psnr"] >= reference["psnr"] - self.cfg.prune_tolerance_db
+                and q["reconstruction_class_accuracy"]
+                >= reference["reconstruction_class_accuracy"] - self.cfg.prune_tolerance_accuracy
+            )
+            if ok:
+                chosen = model
+        final = quality(chosen)
+        pruning = {
+            "trained_codebook_size": full.config.codebook_size,
+            "trained_sha256": sha256_of(full_path),
+            "trained_quality": reference,
+            "rule": (
+                f"smallest pruned codebook within {self.cfg.prune_tolerance_db} dB PSNR and "
+                f"{self.cfg.prune_tolerance_accuracy} reconstruction class accuracy of the full one"
+            ),
+            "results": results,
+            "command": self.command,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        extra = {k: v for k, v in entry.items() if k in ("codebook_sweep", "commit", "note")}
+        self._write(
+            "tokenizer",
+            chosen.state_dict(),
+            chosen.config,
+            final,
+            entry["train_seconds"],
+            command=entry["command"],
+            world=entry.get("world"),
+            codebook_pruning=pruning,
+            **extra,
+        )
+        return final
 
     def tokenizer_config(self) -> VQGANConfig:
         """The shipped tokenizer's config (its codebook size comes from the sweep)."""
