@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # missing stages, mismatched or corrupt files
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
     for stage, quality in results.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from adanat.assets import verified_file
-from adanat.pretrain.shapes import world_fingerprint
+from adanat.pretrain.shapes import ShapesPretraining, world_fingerprint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
 
@@ -42,15 +42,15 @@ def test_each_stage_through_the_script(tmp_path):
     assert set(pruning["results"]) == {"4", "8"}
     assert pruning["command"].endswith("--stage prune --run-dir " + str(run) + " --out " + str(out))
     assert tok["command"].endswith("--stage tokenizer --run-dir " + str(run) + " --out " + str(out))
-    size = tok["config"]["codebook_size"]
+    size, tiny = tok["config"]["codebook_size"], ShapesPretraining.tiny()
     passed = [
         int(k)
         for k, q in pruning["results"].items()
-        if q["psnr"] >= pruning["trained_quality"]["psnr"] - 1.5
+        if q["psnr"] >= pruning["trained_quality"]["psnr"] - tiny.prune_tolerance_db
         and q["reconstruction_class_accuracy"]
-        >= pruning["trained_quality"]["reconstruction_class_accuracy"] - 0.015
+        >= pruning["trained_quality"]["reconstruction_class_accuracy"] - tiny.prune_tolerance_accuracy
     ]
-    assert size == min(passed, default=16)
+    assert size == min((pruning["results"][str(k)]["codebook_size"] for k in passed), default=16)
     assert manifest["models"]["generator"]["config"]["codebook_size"] == size
     assert "psnr" in tok["quality"] and 0 < tok["quality"]["codebook_usage"] <= 1
     assert all(e["world"] == world_fingerprint("train") for e in manifest["models"].values())
@@ -74,4 +74,11 @@ def test_generator_stage_needs_the_tokenizer(tmp_path):
     res = _run("--stage", "generator", "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))
     assert res.returncode == 2
     assert "needs the tokenizer stage first" in res.stderr
+    assert res.stderr.count("\n") == 1
+
+
+def test_prune_stage_needs_the_tokenizer(tmp_path):
+    res = _run("--stage", "prune", "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "needs the metric and tokenizer stages first" in res.stderr
     assert res.stderr.count("\n") == 1

@@ -17,9 +17,9 @@ import copy
 from dataclasses import replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from adanat.models.vqgan import MaskGITVQGAN, Quantizer
+from adanat.models.vqgan import MaskGITVQGAN
 
 
 @torch.no_grad()
@@ -71,6 +71,6 @@ def prune_codebook(model: MaskGITVQGAN, usage: Tensor, size: int, seed: int = 0)
     )
     pruned = copy.deepcopy(model)
     pruned.config = replace(model.config, codebook_size=len(keep))
-    pruned.quantize = Quantizer(len(keep), codes.shape[1])
-    pruned.quantize.embedding.weight.data.copy_(codes[keep])
+    # the kept codes replace the table (from_pretrained draws no random init)
+    pruned.quantize.embedding = nn.Embedding.from_pretrained(codes[keep].clone(), freeze=False)
     return pruned

@@ -1,8 +1,10 @@
-"""Pretraining the ``shapes`` world: metric network, tokenizer, generator, and their manifest.
+"""Pretraining the ``shapes`` world: metric network, tokenizer (trained, then its codebook pruned),
+generator, and their manifest.
 
-Stages run in that order (``all``); each is resumable from its run folder, seeded, logged to
-TensorBoard, and ends by writing its safetensors file and manifest entry to the output folder.
-The rendered images and the tokenised training set are cached in the run folder.
+Stages run in that order (``all``: metric, tokenizer, prune, generator); each is resumable from
+its run folder, seeded, logged to TensorBoard, and ends by writing its safetensors file and
+manifest entry to the output folder. The rendered images and the tokenised training set are
+cached in the run folder.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.codebook import code_usage, prune_codebook
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
-from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
+from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, psnr, train_tokenizer
 from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
@@ -110,6 +112,11 @@ def render_split(split: str, n: int, cache: Path) -> tuple[Tensor, Tensor]:
     save_file({"images": images, "labels": labels}, str(tmp))
     tmp.replace(path)
     return images, labels
+
+
+def _vqgan_config(d: dict) -> VQGANConfig:
+    """A tokenizer config from its manifest (JSON) form."""
+    return VQGANConfig(**{**d, "ch_mult": tuple(d["ch_mult"])})
 
 
 class ShapesPretrainer:
@@ -213,51 +220,65 @@ class ShapesPretrainer:
         reconstructions lose at most ``prune_tolerance_db`` PSNR and ``prune_tolerance_accuracy``
         metric-network accuracy against the full codebook."""
         t0 = time.perf_counter()
-        manifest = json.loads((self.out_dir / "manifest.json").read_text())
-        entry = manifest["models"].get("tokenizer") if "models" in manifest else None
-        if entry is None or not (self.out_dir / "metric.safetensors").is_file():
+        manifest_path, out_tok = self.out_dir / "manifest.json", self.out_dir / "tokenizer.safetensors"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        entry = manifest.get("models", {}).get("tokenizer")
+        if entry is None or not out_tok.is_file() or not (self.out_dir / "metric.safetensors").is_file():
             raise FileNotFoundError("the prune stage needs the metric and tokenizer stages first")
-        full_path = self.run_dir / "tokenizer-full.safetensors"
-        full_entry_path = self.run_dir / "tokenizer-full.json"
+        full_path, full_entry_path = (
+            self.run_dir / "tokenizer-full.safetensors",
+            self.run_dir / "tokenizer-full.json",
+        )
         if "codebook_pruning" not in entry:  # a freshly trained tokenizer: keep it for re-runs
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.out_dir / "tokenizer.safetensors", full_path)
-            write_text_atomic(full_entry_path, json.dumps(entry, indent=2) + "\n")
-        entry = json.loads(full_entry_path.read_text())
-        full_cfg = VQGANConfig(**{**entry["config"], "ch_mult": tuple(entry["config"]["ch_mult"])})
-        full = load_tokenizer(full_path, full_cfg)
-        train_images = self.data("train")[0][: self.cfg.prune_usage_images]
-        held_images, held_labels = self.data("heldout")
-        metric = ShapesClassifier(self.cfg.classifier)
-        metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
-        usage = code_usage(full, train_images)
-
-        def quality(model: MaskGITVQGAN) -> dict[str, float]:
-            q = evaluate_tokenizer(model, held_images.float() / 255)
-            with torch.no_grad():
-                recon = torch.cat(
-                    [
-                        model.decode(model.encode(held_images[i : i + 500].float() / 255))
-                        for i in range(0, len(held_images), 500)
-                    ]
+            if sha256_of(out_tok) != entry["sha256"]:
+                raise ValueError(
+                    f"{out_tok} does not match its manifest entry; run the tokenizer stage again"
                 )
-            return {**q, "reconstruction_class_accuracy": accuracy(metric, recon, held_labels)}
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = full_path.with_suffix(".tmp")
+            shutil.copyfile(out_tok, tmp)
+            tmp.replace(full_path)
+            write_text_atomic(full_entry_path, json.dumps(entry, indent=2) + "\n")
+        elif not full_path.is_file() or sha256_of(full_path) != entry["codebook_pruning"]["trained_sha256"]:
+            raise FileNotFoundError(
+                f"the full tokenizer this one was pruned from is not in {self.run_dir}; "
+                "run the tokenizer stage again"
+            )
+        entry = json.loads(full_entry_path.read_text())
+        full = load_tokenizer(full_path, _vqgan_config(entry["config"]))
+        train_images = self.data("train")[0][: self.cfg.prune_usage_images]  # (n, 3, 32, 32) uint8
+        held_images, held_labels = self.data("heldout")  # (N, 3, 32, 32) uint8, (N,)
+        metric = self._metric()
+        usage = code_usage(full, train_images)  # (K,)
+
+        @torch.no_grad()
+        def quality(model: MaskGITVQGAN) -> dict[str, float]:
+            images, recons, used = held_images.float() / 255, [], set()
+            for i in range(0, len(images), 500):
+                ids = model.encode(images[i : i + 500])  # (b, h, w)
+                used.update(ids.unique().tolist())
+                recons.append(model.decode(ids))
+            recon = torch.cat(recons)  # (N, 3, 32, 32)
+            return {
+                "psnr": float(psnr(recon, images)),
+                "codebook_usage": len(used) / model.config.codebook_size,
+                "reconstruction_class_accuracy": accuracy(metric, recon, held_labels),
+                "codebook_size": model.config.codebook_size,
+            }
 
         reference = quality(full)
-        results, chosen = {}, full
+        results, chosen, final = {}, full, reference
         for size in sorted(self.cfg.prune_sizes, reverse=True):
             if size >= full.config.codebook_size:
                 continue
             model = prune_codebook(full, usage, size)
-            results[str(size)] = q = quality(model)
-            ok = (
+            results[str(size)] = q = quality(model)  # "codebook_size" < size if clusters came out empty
+            if (
                 q["psnr"] >= reference["psnr"] - self.cfg.prune_tolerance_db
                 and q["reconstruction_class_accuracy"]
                 >= reference["reconstruction_class_accuracy"] - self.cfg.prune_tolerance_accuracy
-            )
-            if ok:
-                chosen = model
-        final = quality(chosen)
+            ):
+                chosen, final = model, q
         pruning = {
             "trained_codebook_size": full.config.codebook_size,
             "trained_sha256": sha256_of(full_path),
@@ -275,20 +296,24 @@ class ShapesPretrainer:
             "tokenizer",
             chosen.state_dict(),
             chosen.config,
-            final,
+            {k: v for k, v in final.items() if k != "codebook_size"},
             entry["train_seconds"],
             command=entry["command"],
-            world=entry.get("world"),
+            world=entry.get("world", "unknown"),  # an entry from before fingerprints were recorded
             codebook_pruning=pruning,
             **extra,
         )
         return final
 
+    def _metric(self) -> ShapesClassifier:
+        metric = ShapesClassifier(self.cfg.classifier)
+        metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
+        return metric.eval()
+
     def tokenizer_config(self) -> VQGANConfig:
         """The shipped tokenizer's config (its codebook size comes from the sweep)."""
         manifest = json.loads((self.out_dir / "manifest.json").read_text())
-        cfg = manifest["models"]["tokenizer"]["config"]
-        return VQGANConfig(**{**cfg, "ch_mult": tuple(cfg["ch_mult"])})
+        return _vqgan_config(manifest["models"]["tokenizer"]["config"])
 
     def generator_config(self) -> ENATConfig:
         """The generator's config, its vocabulary matched to the shipped tokenizer."""
@@ -334,9 +359,8 @@ class ShapesPretrainer:
         """Share of generated images that the metric network assigns to the requested class,
         with the ENAT sampler (and guidance) at T=8 and 4."""
         tokenizer = load_tokenizer(self.out_dir / "tokenizer.safetensors", self.tokenizer_config())
-        metric = ShapesClassifier(self.cfg.classifier)
-        metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
-        metric.eval(), generator.eval()
+        metric = self._metric()
+        generator.eval()
         out = {}
         for steps in (8, 4):
             ctrl = ScheduleController(load_schedule("enat", steps=steps, variant="shapes"))
