@@ -92,6 +92,7 @@ def main() -> None:
         f"| {k} | {v['psnr']:.2f} | {v['codebook_usage']:.3f} |" for k, v in sweep.get("results", {}).items()
     )
     q_tok, q_met = quality["tokenizer"], quality["metric"]
+    len_codes = manifest["models"]["tokenizer"]["config"]["codebook_size"]
     tok_psnr, tok_usage = q_tok["psnr"], q_tok["codebook_usage"]
     secs = {k: float(v.get("train_seconds", 0.0)) for k, v in manifest["models"].items()}
     variant = json.dumps(
@@ -100,6 +101,30 @@ def main() -> None:
         ]
     )
     gen_acc = ", ".join(f"{k[-2:]} {v:.3f}" for k, v in quality["generator"].items())
+    pruning = manifest["models"]["tokenizer"].get("codebook_pruning")
+    prune_text = ""
+    if pruning:
+        prune_rows = "\n".join(
+            f"| {v['codebook_size']} | {v['psnr']:.2f} | {v['reconstruction_class_accuracy']:.4f} |"
+            for v in [pruning["trained_quality"], *pruning["results"].values()]
+        )
+        prune_text = f"""
+The trained codebook ({pruning["trained_codebook_size"]} codes) was then pruned: near-duplicate
+codes merged by usage-weighted k-means over the code vectors, the most used code of each cluster
+kept (rule: {pruning["rule"]}; held-out PSNR and the metric network's accuracy on the
+reconstructions):
+
+| codes | PSNR | reconstruction class acc |
+| --- | --- | --- |
+{prune_rows}
+"""
+    provenance = "\n".join(
+        f"- {name}: `{entry['command']}`"
+        + (f" at commit `{entry['commit']}`" if "commit" in entry else "")
+        + (f"; pruned by `{entry['codebook_pruning']['command']}`" if "codebook_pruning" in entry else "")
+        + (f" ({entry['note']})" if "note" in entry else "")
+        for name, entry in manifest["models"].items()
+    )
     doc = f"""# The `shapes` world, measured
 
 Produced by `python scripts/shapes_report.py --n {args.n} --seed {args.seed}` on the shipped weights.
@@ -115,11 +140,14 @@ the floor of what a generator can reach.
 | model | quality | CPU training time |
 | --- | --- | --- |
 | metric network | held-out accuracy {q_met["heldout_accuracy"]:.4f} | {secs["metric"]:.0f} s |
-| tokenizer | held-out PSNR {tok_psnr:.2f} dB, codebook usage {tok_usage:.3f} | {secs["tokenizer"]:.0f} s |
+| tokenizer | PSNR {tok_psnr:.2f} dB, {len_codes} codes, usage {tok_usage:.3f} | {secs["tokenizer"]:.0f} s |
 | generator | class accuracy, ENAT sampler as trained (T=8, T=4): {gen_acc} | {secs["generator"]:.0f} s |
 
-All three: `python scripts/pretrain.py --env shapes --stage all`, {sum(secs.values()) / 60:.0f} min in all on
-the 2-core CPU (times include other work sharing the machine).
+`python scripts/pretrain.py --env shapes --stage all` runs every stage; the shipped files come from
+(training time {sum(secs.values()) / 60:.0f} min in all on the 2-core CPU, including other work that
+shared the machine):
+
+{provenance}
 
 The ENAT sampler's `shapes` setting (`adanat/data/schedules/enat.json`: {variant}) was chosen by
 `python scripts/tune_enat_shapes.py` (coordinate descent on FID over guidance, sampling and
@@ -131,7 +159,7 @@ rule: {sweep.get("rule", "best PSNR")}):
 | codebook | PSNR | usage |
 | --- | --- | --- |
 {sweep_rows}
-
+{prune_text}
 ## Samples (first 100 images, classes in order per row)
 
 | schedule | samples |

@@ -61,3 +61,22 @@ def test_render_cache_is_keyed_by_the_world(tmp_path, monkeypatch):
     changed, _ = render_split("heldout", 12, tmp_path)
     assert not torch.equal(changed, images)
     assert len(list(tmp_path.glob("heldout-*-12.safetensors"))) == 2
+
+
+def test_token_cache_is_keyed_by_the_world(tmp_path, monkeypatch):
+    """The generator's cached training tokens are redone when the world changes, even with the
+    same tokenizer file."""
+    import adanat.worlds.shapes as world
+    from adanat.models.vqgan import MaskGITVQGAN
+    from adanat.pretrain.shapes import ShapesPretrainer, ShapesPretraining
+
+    cfg = ShapesPretraining.tiny()
+    pre = ShapesPretrainer(cfg, tmp_path / "run", tmp_path / "out", "test")
+    torch.manual_seed(0)
+    pre._write("tokenizer", MaskGITVQGAN(cfg.tokenizer).state_dict(), cfg.tokenizer, {}, 0.0)
+    tokens, _ = pre.tokens()
+    assert tokens.shape == (cfg.train_images, 64)
+    assert torch.equal(pre.tokens()[0], tokens)  # cached
+    monkeypatch.setattr(world, "BACKGROUND", tuple((1 - r, 1 - g, 1 - b) for r, g, b in world.BACKGROUND))
+    assert not torch.equal(pre.tokens()[0], tokens)
+    assert len(list((tmp_path / "run" / "data").glob("tokens-*"))) == 2

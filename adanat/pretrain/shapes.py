@@ -320,12 +320,14 @@ class ShapesPretrainer:
         return replace(self.cfg.generator, codebook_size=self.tokenizer_config().codebook_size)
 
     def tokens(self) -> tuple[Tensor, Tensor]:
-        """The training set tokenised by the shipped tokenizer (cached per tokenizer hash)."""
+        """The training set tokenised by the shipped tokenizer, cached per tokenizer hash and world
+        fingerprint (the same tokenizer file on a changed world must not reuse old tokens)."""
         tok_path = self.out_dir / "tokenizer.safetensors"
         if not tok_path.is_file():
             raise FileNotFoundError("the generator stage needs the tokenizer stage first")
         digest = sha256_of(tok_path)[:16]
-        path = self.cache / f"tokens-{digest}-{self.cfg.train_images}.safetensors"
+        world = world_fingerprint("train")
+        path = self.cache / f"tokens-{digest}-{world}-{self.cfg.train_images}.safetensors"
         if path.is_file():
             d = load_file(str(path))
             return d["tokens"], d["labels"]
