@@ -1,10 +1,10 @@
 """Pretrain a world's models: ``python scripts/pretrain.py --env shapes --stage all``.
 
-Stages: ``metric`` (classifier for FID/IS), ``tokenizer`` (VQGAN), ``prune`` (merges the
-tokenizer's near-duplicate codes; needs the metric network and the tokenizer), ``generator``
-(ENAT, on the tokens of the shipped tokenizer). Each stage resumes from ``--run-dir`` after an
-interruption and writes its weights and manifest entry to ``--out`` (by default the package's
-shipped assets).
+Stages: ``metric`` (classifier for FID/IS), ``tokenizer`` (VQGAN), ``generator`` (ENAT, on the
+tokens of the tokenizer in ``--out``); ``all`` runs these three. ``prune`` (not in ``all``) merges
+the tokenizer's near-duplicate codes; it needs the metric network and the tokenizer. Each stage
+resumes from ``--run-dir`` after an interruption and writes its weights and manifest entry to
+``--out`` (by default the package's shipped assets).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from adanat.assets import asset_dir
-from adanat.pretrain.shapes import STAGES, ShapesPretrainer, ShapesPretraining
+from adanat.pretrain.shapes import ALL_STAGES, STAGES, ShapesPretrainer, ShapesPretraining
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ShapesPretraining.tiny() if args.tiny else ShapesPretraining()
     out = args.out or asset_dir(args.env)
     command = "python scripts/pretrain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    stages = ALL_STAGES if args.stage == "all" else (args.stage,)
     try:
         results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages)
     except KeyboardInterrupt:

@@ -42,6 +42,17 @@ def test_manifest_lists_verified_small_files():
         assert q["generator"]["class_accuracy_enat_t8"] >= 0.45
 
 
+@needs_generator
+def test_shipped_generator_was_trained_on_this_world():
+    # a changed world definition without retrained weights would silently evaluate a generator on
+    # images it never saw; the tokenizer and metric network may come from a superset world
+    from adanat.pretrain.shapes import world_fingerprint
+
+    models = read_manifest(FOLDER)["models"]
+    assert models["generator"]["world"] == world_fingerprint("train")
+    assert all("world" in entry for entry in models.values())
+
+
 def test_manifest_configs_are_the_world_presets():
     from dataclasses import asdict
 

@@ -1,10 +1,10 @@
-"""Pretraining the ``shapes`` world: metric network, tokenizer (trained, then its codebook pruned),
+"""Pretraining the ``shapes`` world: metric network, tokenizer (its codebook optionally pruned),
 generator, and their manifest.
 
-Stages run in that order (``all``: metric, tokenizer, prune, generator); each is resumable from
-its run folder, seeded, logged to TensorBoard, and ends by writing its safetensors file and
-manifest entry to the output folder. The rendered images and the tokenised training set are
-cached in the run folder.
+Stages run in that order (``all``: metric, tokenizer, generator; ``prune`` on request, between
+the tokenizer and the generator); each is resumable from its run folder, seeded, logged to
+TensorBoard, and ends by writing its safetensors file and manifest entry to the output folder.
+The rendered images and the tokenised training set are cached in the run folder.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
 
 STAGES = ("metric", "tokenizer", "prune", "generator")
+# ``all``: pruning is left out. Measured on ``shapes``: a generator on the tokenizer pruned from 256
+# to 96 codes reached the same class accuracy as one on the full codebook (0.493 vs 0.504 at T=8),
+# so the shipped tokenizer keeps its trained codebook and ``--stage prune`` stays an option.
+ALL_STAGES = ("metric", "tokenizer", "generator")
 
 
 @dataclass(frozen=True)
