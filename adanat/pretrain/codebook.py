@@ -23,13 +23,17 @@ from adanat.models.vqgan import MaskGITVQGAN
 
 
 @torch.no_grad()
+def encode_uint8(model: MaskGITVQGAN, images: Tensor, batch: int = 500) -> Tensor:
+    """Code ids ``(N, h, w)`` of uint8 images ``(N, 3, H, W)``, encoded ``batch`` at a time."""
+    return torch.cat(
+        [model.encode(images[i : i + batch].float() / 255) for i in range(0, len(images), batch)]
+    )
+
+
 def code_usage(model: MaskGITVQGAN, images: Tensor, batch: int = 500) -> Tensor:
     """How often each code is chosen for uint8 images ``(N, 3, H, W)``: ``(K,)`` counts."""
-    counts = torch.zeros(model.config.codebook_size)  # (K,)
-    for i in range(0, len(images), batch):
-        ids = model.encode(images[i : i + batch].float() / 255)  # (b, h, w)
-        counts += torch.bincount(ids.flatten(), minlength=len(counts)).float()
-    return counts
+    ids = encode_uint8(model, images, batch)  # (N, h, w)
+    return torch.bincount(ids.flatten(), minlength=model.config.codebook_size).float()
 
 
 def weighted_kmeans(points: Tensor, weights: Tensor, k: int, gen: torch.Generator, iters: int = 50) -> Tensor:

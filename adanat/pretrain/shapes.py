@@ -30,7 +30,7 @@ from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
 from adanat.outputs import to_uint8, write_text_atomic
 from adanat.presets import generator_config, tokenizer_config
 from adanat.pretrain.classifier import ClassifierTraining, train_classifier
-from adanat.pretrain.codebook import code_usage, prune_codebook
+from adanat.pretrain.codebook import code_usage, encode_uint8, prune_codebook
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, psnr, train_tokenizer
@@ -257,15 +257,13 @@ class ShapesPretrainer:
 
         @torch.no_grad()
         def quality(model: MaskGITVQGAN) -> dict[str, float]:
-            images, recons, used = held_images.float() / 255, [], set()
-            for i in range(0, len(images), 500):
-                ids = model.encode(images[i : i + 500])  # (b, h, w)
-                used.update(ids.unique().tolist())
-                recons.append(model.decode(ids))
-            recon = torch.cat(recons)  # (N, 3, 32, 32)
+            ids = encode_uint8(model, held_images)  # (N, h, w)
+            recon = torch.cat(
+                [model.decode(ids[i : i + 500]) for i in range(0, len(ids), 500)]
+            )  # (N, 3, H, W)
             return {
-                "psnr": float(psnr(recon, images)),
-                "codebook_usage": len(used) / model.config.codebook_size,
+                "psnr": float(psnr(recon, held_images.float() / 255)),
+                "codebook_usage": ids.unique().numel() / model.config.codebook_size,
                 "reconstruction_class_accuracy": accuracy(metric, recon, held_labels),
                 "codebook_size": model.config.codebook_size,
             }
@@ -337,13 +335,7 @@ class ShapesPretrainer:
             return d["tokens"], d["labels"]
         model = load_tokenizer(tok_path, self.tokenizer_config())
         images, labels = self.data("train")
-        with torch.no_grad():
-            tokens = torch.cat(
-                [
-                    model.encode(images[i : i + 500].float() / 255).flatten(1)
-                    for i in range(0, len(images), 500)
-                ]
-            )
+        tokens = encode_uint8(model, images).flatten(1)  # (N, L)
         save_file({"tokens": tokens, "labels": labels}, str(path))
         return tokens, labels
 
