@@ -33,7 +33,7 @@ from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.codebook import code_usage, encode_uint8, prune_codebook
 from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import TrainingRun
-from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, psnr, train_tokenizer
+from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
 from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
@@ -255,18 +255,11 @@ class ShapesPretrainer:
         metric = self._metric()
         usage = code_usage(full, train_images)  # (K,)
 
-        @torch.no_grad()
+        held = held_images.float() / 255  # (N, 3, 32, 32)
+
         def quality(model: MaskGITVQGAN) -> dict[str, float]:
-            ids = encode_uint8(model, held_images)  # (N, h, w)
-            recon = torch.cat(
-                [model.decode(ids[i : i + 500]) for i in range(0, len(ids), 500)]
-            )  # (N, 3, H, W)
-            return {
-                "psnr": float(psnr(recon, held_images.float() / 255)),
-                "codebook_usage": ids.unique().numel() / model.config.codebook_size,
-                "reconstruction_class_accuracy": accuracy(metric, recon, held_labels),
-                "codebook_size": model.config.codebook_size,
-            }
+            q = evaluate_tokenizer(model, held, metric=metric, labels=held_labels)
+            return {**q, "codebook_size": model.config.codebook_size}
 
         reference = quality(full)
         results, chosen, final = {}, full, reference

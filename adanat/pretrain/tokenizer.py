@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adanat.models.classifier import ShapesClassifier, accuracy
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.pretrain.run import TrainingRun, warmup_cosine
 
@@ -52,16 +53,26 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: MaskGITVQGAN, images: Tensor, batch: int = 256) -> dict[str, float]:
-    """Reconstruction PSNR and codebook usage on held-out images ``(N, 3, H, W)`` in [0, 1]."""
+def evaluate_tokenizer(
+    model: MaskGITVQGAN,
+    images: Tensor,
+    batch: int = 256,
+    metric: ShapesClassifier | None = None,
+    labels: Tensor | None = None,
+) -> dict[str, float]:
+    """Reconstruction PSNR and codebook usage on held-out images ``(N, 3, H, W)`` in [0, 1]; with a
+    ``metric`` network and ``labels`` ``(N,)``, also its accuracy on the reconstructions."""
     model.eval()
     recons, used = [], torch.zeros(model.config.codebook_size, dtype=torch.bool)
     for i in range(0, len(images), batch):
-        ids = model.encode(images[i : i + batch])
+        ids = model.encode(images[i : i + batch])  # (b, h, w)
         used[ids.flatten()] = True
         recons.append(model.decode(ids))
-    recon = torch.cat(recons)
-    return {"psnr": float(psnr(recon, images)), "codebook_usage": float(used.float().mean())}
+    recon = torch.cat(recons)  # (N, 3, H, W)
+    out = {"psnr": float(psnr(recon, images)), "codebook_usage": float(used.float().mean())}
+    if metric is not None and labels is not None:
+        out["reconstruction_class_accuracy"] = accuracy(metric, recon, labels)
+    return out
 
 
 def train_tokenizer(
