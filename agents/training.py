@@ -33,6 +33,7 @@ from adanat.agents.callbacks import (
 from adanat.agents.evaluation import PolicyEvaluator
 from adanat.agents.export import Actor, PolicyMeta, export_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.agents.selection import FidSelection
 from adanat.envs.spec import EnvConfig, build_core, load_env_models
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
 from adanat.rewards.base import LearnedReward
@@ -53,6 +54,11 @@ class PolicyTraining:
     :param episodes: total episodes (images) to train on.
     :param num_envs: rows of the generation batch (SB3 sub-environments).
     :param episodes_per_update: episodes per PPO rollout (a multiple of ``num_envs``).
+    :param select_fid: images per FID at each evaluation; the policy with the lowest FID so far is
+        exported to ``best/`` (AdaNAT's model selection). 0 turns selection off.
+    :param fid_reference: ``fid_stats.npz`` (Inception ``mu``/``sigma``) for ImageNet worlds;
+        ``shapes`` uses its ``reference`` split in the metric network's space.
+    :param inception: torch-fidelity Inception-v3 weights for ImageNet worlds (default: its cache).
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -72,6 +78,10 @@ class PolicyTraining:
     eval_episodes: int = 128
     eval_seed: int = 1_000_000
     save_every: int = 8
+    select_fid: int = 0
+    select_fid_seed: int = 2_000_000
+    fid_reference: str | None = None
+    inception: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +95,8 @@ class PolicyTraining:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.select_fid == 1 or self.select_fid < 0:
+            raise ValueError(f"select-fid must be 0 (off) or >= 2 images, got {self.select_fid}")
         if self.env.steps < 2:
             raise ValueError(f"steps must be >= 2, got {self.env.steps}")
         if self.episodes_per_update % self.num_envs:
@@ -165,8 +177,26 @@ class PolicyTrainer:
             f.writer for f in self.model.logger.output_formats if isinstance(f, TensorBoardOutputFormat)
         )
         self.evaluator = PolicyEvaluator(self.core, cfg.eval_episodes, cfg.eval_seed)
+        self.selection = self._fid_selection() if cfg.select_fid else None
         self.resumed = False
         self._digests: tuple[str, str] | None = None
+
+    def _fid_selection(self) -> FidSelection:
+        from adanat.distributed import Shard
+        from adanat.evaluation import shapes_reference
+        from adanat.metrics import FidStatistics, inception_feature_space, shapes_feature_space
+
+        cfg, dev = self.cfg, torch.device(self.device)
+        if cfg.env.world == "shapes":
+            space = shapes_feature_space().to(dev)
+            # the "reference" split: the held-out split stays for the final evaluation
+            reference = shapes_reference(space, cfg.select_fid, Shard(), dev, split="reference").stats
+        else:
+            if cfg.fid_reference is None:
+                raise ValueError(f"--select-fid on {cfg.env.world} needs --fid-reference fid_stats.npz")
+            reference = FidStatistics.load(cfg.fid_reference)
+            space = inception_feature_space(cfg.inception).to(dev)
+        return FidSelection(self.core, space, reference, cfg.select_fid, cfg.select_fid_seed, self.run_dir)
 
     # -- the exported actor ------------------------------------------------------------
     def actor(self) -> Actor:
@@ -275,8 +305,15 @@ class PolicyTrainer:
         self.writer.add_scalar("eval/reward_base", result.base_reward, step)
         self.writer.add_image("eval/samples", result.grid, step)
         self.writer.add_figure("eval/schedule", result.figure(), step)
+        out = {"policy": result.policy_reward, "base": result.base_reward}
+        if self.selection is not None:
+            fid = self.selection.score(self.actor(), self.meta(), updates, step // self.cfg.env.steps)
+            self.writer.add_scalar("eval/fid_policy", fid.fid, step)
+            self.writer.add_scalar("eval/fid_best", fid.best_fid, step)
+            self.writer.add_scalar("eval/fid_base", fid.base_fid, step)
+            out.update(fid_policy=fid.fid, fid_best=fid.best_fid, fid_base=fid.base_fid)
         self.writer.flush()
-        return {"policy": result.policy_reward, "base": result.base_reward}
+        return out
 
     # -- the run ---------------------------------------------------------------------
     def train(self) -> dict[str, float]:

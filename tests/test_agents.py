@@ -142,6 +142,7 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     common = ["--preset", "tiny", "--generator", str(gen), "--tokenizer", str(tok), "--steps", "2"]
     run = tmp_path / "run"
     args = [*common, "--num-envs", "4", "--episodes-per-update", "8", "--episodes", "16", "--eval-every", "2"]
+    args += ["--select-fid", "12"]
     res = _run(script, *args, "--eval-episodes", "10", "--run-dir", str(run), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "base schedule" in res.stdout and "learned policy" in res.stdout
@@ -151,10 +152,17 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     expected = (
         "rollout/ep_rew_mean train/loss train/exploration_std reward/mean reward/std disc/loss disc/accuracy "
         "disc/real_score disc/fake_score schedule/mask_ratio/step0 schedule/guidance/step1_std "
-        "eval/reward_policy eval/reward_base eval/samples"
+        "eval/reward_policy eval/reward_base eval/samples eval/fid_policy eval/fid_best eval/fid_base"
     )
     for tag in expected.split():
         assert tag in tags, tag
+    # model selection by FID: the lowest FID so far is exported with its record
+    best = json.loads((run / "best.json").read_text())
+    assert best["images"] == 12 and best["feature_space"] == "adanat-shapes" and best["updates"] == 2
+    assert math.isclose(best["fid"], min(v for _, v in tags["eval/fid_policy"]), rel_tol=1e-5)
+    assert best["fid"] > 0 and best["base_fid"] > 0
+    assert load_policy(run / "best")[1].steps == 2
+    assert "best policy" in res.stdout
     # the same command again would overwrite the run: refused
     again = _run(script, *args, "--run-dir", str(run), cwd=tmp_path)
     assert (
@@ -167,6 +175,11 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     assert state["rollouts"] == 4 and state["num_timesteps"] == 64
     steps = sorted({s for s, _ in _events(run / "tb")["reward/mean"]})
     assert steps[-1] == 64 and steps[0] <= 32 and len(steps) == 4
+    fids = _events(run / "tb")["eval/fid_policy"]
+    assert len(fids) == 2
+    assert math.isclose(
+        json.loads((run / "best.json").read_text())["fid"], min(v for _, v in fids), rel_tol=1e-5
+    )
 
     # export -> sample: same images for the same seed, no pickle, refuses other models
     _, meta = load_policy(run / "policy")
@@ -219,3 +232,14 @@ def test_imagenet_world_without_weights_is_one_clear_line(tmp_path):
 
 def test_log_std_value_is_applied():
     assert math.isclose(math.log(0.3), math.log(std_at(((0, 0.6), (1, 0.3)), 5)))
+
+
+def test_bad_fid_selection_is_one_clear_line(tiny_weights, tmp_path):
+    gen, tok = tiny_weights
+    args = ["--preset", "tiny", "--generator", str(gen), "--tokenizer", str(tok), "--select-fid", "1"]
+    res = _run(
+        str(ROOT / "scripts" / "train_policy.py"), *args, "--run-dir", str(tmp_path / "r"), cwd=tmp_path
+    )
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "select-fid must be 0 (off) or >= 2" in res.stderr
+    assert not (tmp_path / "r").exists()
