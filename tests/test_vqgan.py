@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,3 +83,23 @@ def test_image_api_shapes():
     assert int(ids.max()) < model.config.codebook_size
     out = model.decode(ids)
     assert out.shape == (3, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+
+
+def test_patch_local_encoder_codes_each_patch_from_its_own_pixels():
+    torch.manual_seed(0)
+    cfg = replace(tokenizer_config("vqgan-shapes"), num_groups=8, patch_local=True)
+    model = MaskGITVQGAN(cfg).eval()
+    images = torch.rand(2, 3, 32, 32)
+    images[1, :, :8, :8] = images[0, :, :8, :8]  # the two images share their top-left 2 x 2 tokens only
+    with torch.no_grad():
+        z = model.encoder(images)  # (2, z, 8, 8)
+        one = model.encoder(images[:, :, 4:8, 4:8])  # token (1, 1) alone
+        whole = MaskGITVQGAN(replace(cfg, patch_local=False)).eval()
+        whole.load_state_dict(model.state_dict())
+        z_whole = whole.encoder(images)
+    assert z.shape == (2, 64, 8, 8)
+    assert torch.allclose(z[0, :, :2, :2], z[1, :, :2, :2], atol=1e-5)
+    assert torch.allclose(z[:, :, 1, 1], one[:, :, 0, 0], atol=1e-5)
+    assert (z[0, :, 2:, 2:] - z[1, :, 2:, 2:]).abs().amax() > 1e-2
+    # the release encoder (same weights) lets the rest of the image change those tokens
+    assert (z_whole[0, :, :2, :2] - z_whole[1, :, :2, :2]).abs().amax() > 1e-2

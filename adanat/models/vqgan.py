@@ -28,6 +28,10 @@ class VQGANConfig:
     :param z_channels: channels of the latent grid (equal to the code dimension).
     :param codebook_size: number of codes.
     :param num_groups: GroupNorm groups (32 in the release).
+    :param patch_local: encode every ``f x f`` patch on its own (``f`` the downsampling factor), so
+        a token's code depends on its own pixels only and identical patches get identical codes.
+        Off in the release, whose encoder sees (and GroupNorm-normalises over) the whole image;
+        on for the ``shapes`` tokenizer (see ``adanat/pretrain/shapes.py`` for the measurement).
     """
 
     ch: int = 128
@@ -36,6 +40,7 @@ class VQGANConfig:
     z_channels: int = 256
     codebook_size: int = 1024
     num_groups: int = 32
+    patch_local: bool = False
 
     @property
     def downsample_factor(self) -> int:
@@ -97,6 +102,7 @@ class _Mid(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
+        self.patch = cfg.downsample_factor if cfg.patch_local else 0
         g = cfg.num_groups
         self.conv_in = nn.Conv2d(3, cfg.ch, 3, padding=1, bias=False)
         chans = [cfg.ch * m for m in (1, *cfg.ch_mult)]
@@ -110,6 +116,10 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(chans[-1], cfg.z_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> latents ``(B, z, H/f, W/f)``."""
+        return self._patchwise(x) if self.patch else self._whole(x)
+
+    def _whole(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)  # (B, ch, H, W)
         for lvl, level in enumerate(self.down):
             for block in level.block:
@@ -118,6 +128,17 @@ class Encoder(nn.Module):
                 h = F.avg_pool2d(h, 2)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, z, h, w)
+
+    def _patchwise(self, x: Tensor) -> Tensor:
+        """Every ``f x f`` patch through the encoder as an image of its own."""
+        b, c, hh, ww = x.shape
+        f = self.patch
+        h, w = hh // f, ww // f
+        p = (
+            x.reshape(b, c, h, f, w, f).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c, f, f)
+        )  # (B*h*w, 3, f, f)
+        z = self._whole(p)  # (B*h*w, z, 1, 1)
+        return z.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # (B, z, h, w)
 
 
 class Decoder(nn.Module):
