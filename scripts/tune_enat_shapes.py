@@ -21,10 +21,13 @@ from adanat.sampling import ScheduleController
 from adanat.schedules import enat_schedule
 from adanat.weights import load_models
 
+# searched in this order; the re-masking temperature first, because with a tokenizer that gives
+# flat regions one code the generator is most confident about background tokens, and a low
+# re-masking temperature then reveals background first and leaves no room for the shape
 GRIDS = {
+    "remask_temp": (1.5, 6.0, 20.0, 50.0),
+    "sampling_temp": (0.5, 1.0, 3.0, 6.0),
     "guidance": (1.0, 2.5, 4.0, 6.0),
-    "sampling_temp": (1.0, 3.0, 6.0, 10.0),
-    "remask_temp": (0.5, 1.5, 3.0, 6.0),
 }
 START = {"guidance": 2.5, "remask_temp": 1.5, "sampling_temp": 6.0}  # ENAT in256
 

@@ -97,3 +97,22 @@ def test_training_time_adds_up_over_resumed_processes(tmp_path):
     assert second.step == 2
     assert 100.0 <= second.earlier_seconds < 110.0
     assert second.elapsed >= second.earlier_seconds
+
+
+@torch.no_grad()
+def test_dead_codes_restart_where_the_batch_is_worst_represented():
+    from adanat.pretrain.tokenizer import _restart_dead_codes
+
+    torch.manual_seed(0)
+    model = MaskGITVQGAN(tokenizer_config("vqgan-shapes-tiny"))  # patch-local, as the shapes one
+    images = torch.full((2, 3, 32, 32), 0.2)
+    images[1, :, 8:12, 20:24] = torch.rand(3, 4, 4)  # one patch unlike the flat rest
+    z = model.encoder(images).permute(0, 2, 3, 1).reshape(-1, model.config.z_channels)  # (128, z)
+    odd = z[64 + 2 * 8 + 5]
+    model.quantize.embedding.weight[0] = z[0]  # the only live code serves every flat patch exactly
+    last_used = torch.zeros(model.config.codebook_size, dtype=torch.long)
+    last_used[0] = 10
+    _restart_dead_codes(model, images, last_used, 10, 5, torch.Generator().manual_seed(0))
+    restarted = model.quantize.embedding.weight[1:]  # (K-1, z)
+    assert torch.allclose(restarted, odd.expand_as(restarted))
+    assert bool((last_used == 10).all())

@@ -2,8 +2,9 @@
 
 Loss: L1 + MSE reconstruction through the straight-through estimator, the codebook term
 ``|sg(z) - e|^2`` and the commitment term ``beta |z - sg(e)|^2``. The codebook starts from
-encoder outputs and codes unused for a while are restarted on random encoder outputs, which keeps
-usage high without an adversarial or perceptual loss (neither is available offline).
+encoder outputs, and codes unused for a while are restarted on encoder outputs far from every live
+code (drawn with probability proportional to the squared distance), which keeps usage high
+without an adversarial or perceptual loss (neither is available offline).
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ def train_tokenizer(
 def _restart_dead_codes(
     model: MaskGITVQGAN, images: Tensor, last_used: Tensor, step: int, window: int, gen: torch.Generator
 ) -> None:
+    """Move the codes unused for ``window`` steps onto encoder outputs of ``images``, drawn with
+    probability proportional to their squared distance from the codebook (k-means++ style): new
+    codes go where the batch is worst represented, not onto copies of well-served flat regions."""
     dead = (step - last_used) >= window  # (K,)
     n = int(dead.sum())
     if n == 0:
         return
     z = model.encoder(images).permute(0, 2, 3, 1).reshape(-1, model.config.z_channels)  # (N, z)
-    pick = torch.randint(0, len(z), (n,), generator=gen)
+    err = torch.cdist(z, model.quantize.embedding.weight[~dead]).amin(dim=1).pow(2) if n < len(dead) else None
+    weights = torch.ones(len(z)) if err is None or float(err.sum()) <= 0 else err  # (N,)
+    pick = torch.multinomial(weights, n, replacement=True, generator=gen)  # (n,)
     model.quantize.embedding.weight[dead] = z[pick]
     last_used[dead] = step
