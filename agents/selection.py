@@ -21,7 +21,7 @@ from adanat.envs.core import NATCore
 from adanat.evaluation import controller_fid
 from adanat.metrics import FeatureSpace, FidStatistics
 from adanat.outputs import write_text_atomic
-from adanat.sampling import ScheduleController
+from adanat.sampling import Controller, ScheduleController
 
 
 @dataclass
@@ -56,12 +56,12 @@ class FidSelection:
         self.best = float(saved.get("fid", math.inf))
         self.base = saved.get("base_fid")
 
-    def _fid(self, controller: object) -> float:
+    def _fid(self, controller: Controller) -> float:
         core = self.core
         return controller_fid(
             core.generator,
             core.tokenizer,
-            controller,  # type: ignore[arg-type]
+            controller,
             self.space,
             self.reference,
             self.n,
