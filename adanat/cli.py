@@ -95,6 +95,7 @@ class GenerationArgs:
     device: str
     batch_size: int
     stochastic: bool = False
+    no_reuse: bool = False
 
 
 @dataclass(kw_only=True)
@@ -178,6 +179,7 @@ def cmd_sample(args: SampleArgs) -> int:
                 gens,
                 tokenizer=tokenizer,
                 on_step=lambda _k: progress.advance(task),
+                reuse=not args.no_reuse,
             )
             names = [f"{i:05d}_class{labels[i]}.png" for i in rows]
             save_images(result.images.cpu(), stage, names)
@@ -192,6 +194,7 @@ def cmd_sample(args: SampleArgs) -> int:
             "policy": args.policy,
             **policy_info,
             "steps": steps,
+            "reuse": not args.no_reuse,
             "seed": args.seed,
             "labels": labels,
             "controls": {f: trace[:, :, j].tolist() for j, f in enumerate(CONTROL_NAMES)},
@@ -286,6 +289,7 @@ def cmd_eval(args: EvalArgs) -> int:
                 batch_size=args.batch_size,
                 class_accuracy=is_shapes,
                 on_batch=lambda b: progress.advance(task, b),
+                reuse=not args.no_reuse,
             )
     finally:
         close_shard(shard)
@@ -299,6 +303,7 @@ def cmd_eval(args: EvalArgs) -> int:
             "policy": args.policy,
             **policy_info,
             "steps": steps,
+            "reuse": not args.no_reuse,
             "n": args.n,
             "seed": args.seed,
             "batch_size": args.batch_size,
@@ -488,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="ENAT computation reuse off: every step re-encodes all visible tokens",
+    )
 
     e = sub.add_parser(
         "eval",
@@ -514,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", type=Path, help="PNG grid of the first 100 images (a new file)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda (cuda:LOCAL_RANK under torchrun)")
     e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="ENAT computation reuse off: every step re-encodes all visible tokens",
+    )
     e.add_argument(
         "--reference",
         type=Path,

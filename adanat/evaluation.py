@@ -51,6 +51,7 @@ def sample_batches(
     seed: int,
     batch_size: int,
     batches: Iterable[int] | None = None,
+    reuse: bool = True,
 ) -> Iterator[tuple[Tensor, Generation]]:
     """``(labels, generation)`` per batch of ``n`` images with labels ``i % C``; image ``i`` uses
     row stream ``i`` of ``seed``, so the images do not depend on ``batch_size``.
@@ -58,6 +59,7 @@ def sample_batches(
     :param make_controller: the controller of a batch, given the batch's row generators (a
         fixed schedule ignores them: ``lambda _g: controller``).
     :param batches: indices of the batches to run (default all; a shard runs its own).
+    :param reuse: ENAT's computation reuse between steps (see :func:`adanat.sampling.generate`).
     """
     device = next(generator.parameters()).device
     labels = torch.arange(n, device=device) % generator.config.num_classes  # (N,)
@@ -66,7 +68,8 @@ def sample_batches(
         rows = bounds[j]
         gens = row_generators(seed, len(rows), device, offset=rows.start)
         batch = labels[rows.start : rows.stop]  # (b,)
-        yield batch, generate(generator, batch, make_controller(gens), steps, gens, tokenizer=tokenizer)
+        controller = make_controller(gens)
+        yield batch, generate(generator, batch, controller, steps, gens, tokenizer=tokenizer, reuse=reuse)
 
 
 @torch.no_grad()
@@ -79,10 +82,13 @@ def generate_samples(
     seed: int,
     batch_size: int = 250,
     on_batch: Callable[[int], None] | None = None,
+    reuse: bool = True,
 ) -> Samples:
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
     images, labels, traces = [], [], []
-    batches = sample_batches(generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size)
+    batches = sample_batches(
+        generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size, reuse=reuse
+    )
     for rows, out in batches:
         images.append(to_uint8(out.images).cpu())
         labels.append(rows.cpu())
@@ -176,7 +182,13 @@ class EvalOutcome:
 
 
 def generator_gflops(
-    generator: ENAT, tokenizer: MaskGITVQGAN, controller: Controller, steps: int, seed: int, rows: int = 2
+    generator: ENAT,
+    tokenizer: MaskGITVQGAN,
+    controller: Controller,
+    steps: int,
+    seed: int,
+    rows: int = 2,
+    reuse: bool = True,
 ) -> float:
     """Generator GFLOPs per image, counted by torch's FLOP counter on ``rows`` images."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -184,9 +196,8 @@ def generator_gflops(
     device = next(generator.parameters()).device
     labels = torch.arange(rows, device=device) % generator.config.num_classes
     with FlopCounterMode(display=False) as counter:
-        generate(
-            generator, labels, controller, steps, row_generators(seed, rows, device), tokenizer=tokenizer
-        )
+        gens = row_generators(seed, rows, device)
+        generate(generator, labels, controller, steps, gens, tokenizer=tokenizer, reuse=reuse)
     counts = counter.get_flop_counts().get(type(generator).__name__, {})
     return sum(counts.values()) / rows / 1e9
 
@@ -206,6 +217,7 @@ def evaluate_controller(
     class_accuracy: bool = False,
     keep_images: int = 100,
     on_batch: Callable[[int], None] | None = None,
+    reuse: bool = True,
 ) -> EvalOutcome:
     """Generate ``n`` images (labels ``i % C``, image ``i`` from row stream ``i`` of ``seed``),
     this process's share of the batches only, then gather features and compute the metrics.
@@ -213,6 +225,7 @@ def evaluate_controller(
     :param make_controller: the controller for a batch, given the batch's row generators.
     :param class_accuracy: also report how often the feature space's logits give the label
         (``shapes``: the metric network).
+    :param reuse: ENAT's computation reuse between steps (off: every step encodes every token).
     """
     shard = shard or Shard()
     device = next(generator.parameters()).device
@@ -222,7 +235,8 @@ def evaluate_controller(
     feats, logits, traces, seconds, kept = [], [], [], [], []
     mine = shard.batches(len(bounds))
     t0 = time.perf_counter()
-    for rows, out in sample_batches(generator, tokenizer, make_controller, n, steps, seed, batch_size, mine):
+    batches = sample_batches(generator, tokenizer, make_controller, n, steps, seed, batch_size, mine, reuse)
+    for rows, out in batches:
         seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))  # generation
         images = to_uint8(out.images)  # (b, 3, H, W)
         f, lg = space(images)  # (b, F), (b, C)
@@ -246,7 +260,7 @@ def evaluate_controller(
         metrics=metrics,
         trace=trace.float(),
         images=torch.cat(kept)[:keep_images] if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8),
-        gflops_per_image=generator_gflops(generator, tokenizer, controller, steps, seed),
+        gflops_per_image=generator_gflops(generator, tokenizer, controller, steps, seed, reuse=reuse),
         seconds_per_image=total_seconds / n,
     )
 

@@ -12,10 +12,25 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from adanat.assets import asset_dir
 from adanat.pretrain.shapes import ALL_STAGES, STAGES, ShapesPretrainer, ShapesPretraining
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=None, help="weights + manifest (default: package assets)")
     p.add_argument("--tiny", action="store_true", help="tiny models, a few iterations (smoke test)")
+    g = p.add_argument_group("generator stage")
+    g.add_argument(
+        "--init-generator",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="continue training from these weights (safetensors of the same config)",
+    )
+    g.add_argument("--generator-steps", type=_positive_int, default=None, help="training steps")
+    g.add_argument("--generator-lr", type=_positive_float, default=None, help="peak learning rate")
+    g.add_argument("--generator-warmup", type=_positive_int, default=None, help="warm-up steps")
     args = p.parse_args(argv)
     cfg = ShapesPretraining.tiny() if args.tiny else ShapesPretraining()
+    overrides = {
+        k: v
+        for k, v in (
+            ("steps", args.generator_steps),
+            ("lr", args.generator_lr),
+            ("warmup", args.generator_warmup),
+        )
+        if v is not None
+    }
+    if overrides:
+        cfg = replace(cfg, generator_training=replace(cfg.generator_training, **overrides))
     out = args.out or asset_dir(args.env)
     command = "python scripts/pretrain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     stages = ALL_STAGES if args.stage == "all" else (args.stage,)
     try:
-        results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages)
+        results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages, args.init_generator)
     except KeyboardInterrupt:
         print(
             "interrupted: progress is saved in the run folder; run the same command to resume",

@@ -65,6 +65,15 @@ def test_sample_writes_images_grid_and_metadata(weights, tmp_path, capsys):
     assert (out / names[0]).read_bytes() != (out3 / names[0]).read_bytes()
 
 
+def test_sample_without_reuse(weights, tmp_path, capsys):
+    base, none = tmp_path / "a", tmp_path / "b"
+    assert main(_args(weights, base, "--n", "2", "--steps", "4")) == 0
+    assert main(_args(weights, none, "--n", "2", "--steps", "4", "--no-reuse")) == 0
+    assert json.loads((base / "samples.json").read_text())["reuse"] is True
+    assert json.loads((none / "samples.json").read_text())["reuse"] is False
+    assert (base / "grid.png").read_bytes() != (none / "grid.png").read_bytes()
+
+
 def test_console_script_runs(weights, tmp_path):
     exe = Path(sys.executable).parent / "adanat"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "adanat.cli"]

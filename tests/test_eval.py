@@ -111,6 +111,20 @@ def test_eval_depends_on_the_seed_not_the_batch_size(tmp_path):
     assert m["a"]["frechet_inception_distance"] != m["c"]["frechet_inception_distance"]
 
 
+def test_eval_without_reuse_encodes_more_and_says_so(tmp_path):
+    """``--no-reuse`` re-encodes every visible token at every step: more generator FLOPs, other
+    images (ENAT's reuse changes the features), and the report records it."""
+    reports = {}
+    for name, extra in {"reuse": (), "none": ("--no-reuse",)}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*EVAL, "-n", "20", "--steps", "4", "--out", str(out), *extra]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["reuse"]["config"]["reuse"] is True and reports["none"]["config"]["reuse"] is False
+    assert reports["none"]["gflops_per_image"] > 1.1 * reports["reuse"]["gflops_per_image"]  # 1.135 measured
+    fid = [r["metrics"]["frechet_inception_distance"] for r in reports.values()]
+    assert fid[0] != fid[1]
+
+
 def test_eval_refusals(tmp_path, capsys):
     out = tmp_path / "r.json"
     out.write_text("keep me")

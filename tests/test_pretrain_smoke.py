@@ -69,6 +69,30 @@ def test_each_stage_through_the_script(tmp_path):
     assert torch.load(run / "metric" / "checkpoint.pt", weights_only=True)["step"] == state["step"]
     assert (out / "metric.safetensors").read_bytes() == before
 
+    # continued training: starts from the shipped generator, records where it started, and a
+    # resume reports the same start although the file it started from was replaced by its output
+    first = manifest["models"]["generator"]
+    args = ("--stage", "generator", "--run-dir", str(tmp_path / "more"), "--out", str(out))
+    more = ("--init-generator", str(out / "generator.safetensors"), "--generator-steps", "2")
+    for _ in range(2):
+        res = _run(*args, *more, "--generator-lr", "1e-4", "--generator-warmup", "1")
+        assert res.returncode == 0, res.stderr[-2000:]
+        entry = json.loads((out / "manifest.json").read_text())["models"]["generator"]
+        assert entry["init"]["sha256"] == first["sha256"]
+        assert entry["init"]["command"] == first["command"]
+        assert entry["sha256"] != first["sha256"]
+        assert "--init-generator" in entry["command"]
+    assert torch.load(tmp_path / "more" / "generator" / "checkpoint.pt", weights_only=True)["step"] == 2
+
+
+def test_generator_init_must_exist_and_fit(tmp_path):
+    where = ("--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))
+    res = _run("--stage", "generator", *where, "--init-generator", str(tmp_path / "missing.safetensors"))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1
+    res = _run("--stage", "generator", *where, "--generator-steps", "0")
+    assert res.returncode == 2 and "positive integer" in res.stderr
+
 
 def test_generator_stage_needs_the_tokenizer(tmp_path):
     res = _run("--stage", "generator", "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adanat.assets import manifest_entry, sha256_of
-from adanat.checkpoints import load_tokenizer
+from adanat.checkpoints import load_generator, load_tokenizer
 from adanat.evaluation import generate_samples
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
@@ -333,18 +333,45 @@ class ShapesPretrainer:
         save_file({"tokens": tokens, "labels": labels}, str(path))
         return tokens, labels
 
-    def generator(self) -> dict[str, float]:
+    def generator(self, init: Path | None = None) -> dict[str, float]:
+        """Train the generator; ``init`` (safetensors of the same config) continues an earlier
+        training instead of starting from random weights (its hash goes into the manifest)."""
+        if init is not None and not init.is_file():
+            raise FileNotFoundError(f"--init-generator: no such file: {init}")
         t0 = time.perf_counter()
         tokens, labels = self.tokens()
         torch.manual_seed(self.cfg.generator_training.seed)
         config = self.generator_config()
         model = ENAT(config)
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
+        extra: dict[str, object] = {}
+        if init is not None:
+            extra["init"] = self._generator_init(init, run.folder, config)
+            model.load_state_dict(load_generator(init, config).state_dict())
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
         seconds = time.perf_counter() - t0 + run.earlier_seconds
         quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
-        self._write("generator", ema.state_dict(), config, quality, seconds)
+        self._write("generator", ema.state_dict(), config, quality, seconds, **extra)
         return quality
+
+    def _generator_init(self, init: Path, folder: Path, config: ENATConfig) -> dict[str, object]:
+        """The starting point's record: its hash and, when it is a manifest's generator, that
+        entry's command and quality. Saved in the run folder at the first start, so a resumed run
+        (whose starting file may since have been replaced by its own output) reports the same."""
+        record_path = folder / "init.json"
+        if record_path.is_file():
+            return json.loads(record_path.read_text())
+        record: dict[str, object] = {"sha256": sha256_of(init)}
+        manifest_path = init.parent / "manifest.json"
+        if manifest_path.is_file():
+            entry = json.loads(manifest_path.read_text()).get("models", {}).get("generator", {})
+            if entry.get("sha256") == record["sha256"]:
+                record.update(
+                    {k: entry[k] for k in ("command", "quality", "train_seconds", "init") if k in entry}
+                )
+        load_generator(init, config)  # a mismatched or corrupt file fails here, before training
+        write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+        return record
 
     @torch.no_grad()
     def class_accuracy(self, generator: ENAT) -> dict[str, float]:
@@ -360,5 +387,9 @@ class ShapesPretrainer:
             out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, samples.images, samples.labels)
         return out
 
-    def run(self, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        return {stage: getattr(self, stage)() for stage in stages}
+    def run(self, stages: tuple[str, ...], init_generator: Path | None = None) -> dict[str, dict[str, float]]:
+        """Run ``stages`` in order; ``init_generator`` is passed to the generator stage."""
+        return {
+            stage: self.generator(init_generator) if stage == "generator" else getattr(self, stage)()
+            for stage in stages
+        }
