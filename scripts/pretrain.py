@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--generator-steps", type=_positive_int, default=None, help="training steps")
     g.add_argument("--generator-lr", type=_positive_float, default=None, help="peak learning rate")
     g.add_argument("--generator-warmup", type=_positive_int, default=None, help="warm-up steps")
+    g.add_argument(
+        "--generator-reuse-chain",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="build the reuse path's previous state through up to N earlier steps run with reuse, "
+        "as sampling does (default 1: the published strategy)",
+    )
     args = p.parse_args(argv)
     cfg = ShapesPretraining.tiny() if args.tiny else ShapesPretraining()
     overrides = {
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             ("steps", args.generator_steps),
             ("lr", args.generator_lr),
             ("warmup", args.generator_warmup),
+            ("reuse_chain", args.generator_reuse_chain),
         )
         if v is not None
     }

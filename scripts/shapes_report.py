@@ -26,7 +26,23 @@ from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
 
-CONFIGS = [("cosine", 4), ("enat", 4), ("cosine", 8), ("enat", 8), ("autonat-l-t8", 8)]
+# (schedule, T, ENAT computation reuse); the last row measures what reuse costs in quality
+CONFIGS = [
+    ("cosine", 4, True),
+    ("enat", 4, True),
+    ("cosine", 8, True),
+    ("enat", 8, True),
+    ("autonat-l-t8", 8, True),
+    ("enat", 8, False),
+]
+
+
+def _label(name: str, steps: int, reuse: bool) -> str:
+    return f"{name} T={steps}" + ("" if reuse else ", no reuse")
+
+
+def _grid_name(name: str, steps: int, reuse: bool) -> str:
+    return f"shapes_{name}_t{steps}{'' if reuse else '_noreuse'}.png"
 
 
 def main() -> None:
@@ -41,8 +57,8 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     args.docs.mkdir(parents=True, exist_ok=True)
     with Progress() as progress:
-        for name, steps in CONFIGS:
-            task = progress.add_task(f"{name} T={steps}", total=args.n)
+        for name, steps, reuse in CONFIGS:
+            task = progress.add_task(_label(name, steps, reuse), total=args.n)
             ctrl = ScheduleController(load_schedule(name, steps=steps, variant="shapes"))
             t0 = time.perf_counter()
             samples = generate_samples(
@@ -53,13 +69,14 @@ def main() -> None:
                 steps,
                 args.seed,
                 on_batch=lambda k, t=task: progress.advance(t, k),
+                reuse=reuse,
             )
             seconds = time.perf_counter() - t0
-            rows[f"{name} T={steps}"] = {
+            rows[_label(name, steps, reuse)] = {
                 **shapes_quality(samples, reference, args.seed),
                 "ms_per_image": 1e3 * seconds / args.n,
             }
-            save_grid(samples.images[:100].float() / 255, args.docs / f"shapes_{name}_t{steps}.png", nrow=10)
+            save_grid(samples.images[:100].float() / 255, args.docs / _grid_name(name, steps, reuse), nrow=10)
     rows["real (held-out vs reference)"] = shapes_floor(args.n, args.seed)
 
     table = Table(title=f"shapes, {args.n} samples")
@@ -86,7 +103,7 @@ def main() -> None:
     (args.docs / "shapes_metrics.json").write_text(
         json.dumps({"n": args.n, "seed": args.seed, "rows": rows, "models": quality}, indent=2) + "\n"
     )
-    grids = "\n".join(f"| {name} T={steps} | ![](shapes_{name}_t{steps}.png) |" for name, steps in CONFIGS)
+    grids = "\n".join(f"| {_label(*c)} | ![]({_grid_name(*c)}) |" for c in CONFIGS)
     sweep = manifest["models"]["tokenizer"].get("codebook_sweep", {})
     sweep_rows = "\n".join(
         f"| {k} | {v['psnr']:.2f} | {v['codebook_usage']:.3f} |" for k, v in sweep.get("results", {}).items()
@@ -123,6 +140,12 @@ reconstructions):
         + (f" at commit `{entry['commit']}`" if "commit" in entry else "")
         + (f"; pruned by `{entry['codebook_pruning']['command']}`" if "codebook_pruning" in entry else "")
         + (f" ({entry['note']})" if "note" in entry else "")
+        + (
+            f", continuing the weights (sha256 `{entry['init']['sha256'][:12]}`) of "
+            f"`{entry['init'].get('command', 'an earlier run')}`"
+            if "init" in entry
+            else ""
+        )
         for name, entry in manifest["models"].items()
     )
     doc = f"""# The `shapes` world, measured
@@ -130,8 +153,9 @@ reconstructions):
 Produced by `python scripts/shapes_report.py --n {args.n} --seed {args.seed}` on the shipped weights.
 FID, IS, precision and recall are computed by torch-fidelity in the metric network's feature space
 ({args.n} generated vs {args.n} held-out real images); class accuracy is the share of generated
-images the metric network assigns to the requested class. The last row compares two real splits:
-the floor of what a generator can reach.
+images the metric network assigns to the requested class. Every row uses ENAT's computation reuse
+except the one marked "no reuse" (each step re-encodes every visible token). The last row compares
+two real splits: the floor of what a generator can reach.
 
 {chr(10).join(lines)}
 

@@ -75,7 +75,9 @@ def test_each_stage_through_the_script(tmp_path):
     args = ("--stage", "generator", "--run-dir", str(tmp_path / "more"), "--out", str(out))
     more = ("--init-generator", str(out / "generator.safetensors"), "--generator-steps", "2")
     for _ in range(2):
-        res = _run(*args, *more, "--generator-lr", "1e-4", "--generator-warmup", "1")
+        res = _run(
+            *args, *more, "--generator-lr", "1e-4", "--generator-warmup", "1", "--generator-reuse-chain", "3"
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         entry = json.loads((out / "manifest.json").read_text())["models"]["generator"]
         assert entry["init"]["sha256"] == first["sha256"]

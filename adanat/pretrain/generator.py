@@ -5,6 +5,8 @@ at random positions per row; cross-entropy on masked positions with label smooth
 label replaced by the null class with p = 0.15 (classifier-free guidance); in half of the steps
 the reuse path is trained: a random fraction ``u ~ U(0, 1)`` of the visible tokens is re-masked
 to form the previous step, whose features come from the EMA model without gradient.
+``reuse_chain > 1`` (an option, off by default) builds that previous state through a chain of
+earlier steps run with reuse, as sampling does (:func:`previous_state`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adanat.models.enat import ENAT
+from adanat.models.enat import ENAT, ReuseState
 from adanat.pretrain.run import GlobalRNG, TrainingRun, warmup_cosine
 
 
@@ -33,6 +35,7 @@ class GeneratorTraining:
     label_smoothing: float = 0.1
     p_uncond: float = 0.15
     reuse_prob: float = 0.5
+    reuse_chain: int = 1  # EMA steps that build the previous state (1: the published strategy)
     seed: int = 0
 
 
@@ -77,6 +80,29 @@ def previous_step(inputs: Tensor, mask_id: int, gen: torch.Generator) -> Tensor:
     return torch.where(remask, mask_id, inputs)
 
 
+@torch.no_grad()
+def previous_state(
+    ema: ENAT, inputs: Tensor, labels: Tensor, cfg: GeneratorTraining, gen: torch.Generator
+) -> ReuseState:
+    """The reuse state of a previous step of ``inputs`` ``(B, L)``, computed by the EMA model.
+
+    With ``reuse_chain`` 1 (the published strategy) the previous step is encoded from scratch.
+    With ``n > 1`` a chain of ``d ~ U{1..n}`` nested earlier steps is run with reuse, as at
+    sampling time, where a token revealed early has been carried (and projected) through every
+    later step: the previous state then comes from the same kind of chain it will meet.
+    """
+    steps = [previous_step(inputs, ema.config.mask_id, gen)]  # (B, L) each, outermost first
+    if cfg.reuse_chain > 1:
+        depth = int(torch.randint(1, cfg.reuse_chain + 1, (1,), generator=gen))
+        while len(steps) < depth:
+            steps.append(previous_step(steps[-1], ema.config.mask_id, gen))
+    state = None
+    for ids in reversed(steps):
+        state = ema(ids, labels, state).state
+    assert state is not None
+    return state
+
+
 def train_generator(
     model: ENAT, tokens: Tensor, labels: Tensor, run: TrainingRun, cfg: GeneratorTraining
 ) -> ENAT:
@@ -106,8 +132,7 @@ def train_generator(
             prev = None
             reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
             if reuse:
-                with torch.no_grad():
-                    prev = ema(previous_step(inputs, model.config.mask_id, gen), y).state
+                prev = previous_state(ema, inputs, y, cfg, gen)
             logits = model(inputs, y, prev).logits  # (B, L, K)
             loss = F.cross_entropy(
                 logits.transpose(1, 2), targets, ignore_index=-100, label_smoothing=cfg.label_smoothing

@@ -1,0 +1,74 @@
+"""The generator's training batches and the previous-step state of the reuse path."""
+
+from __future__ import annotations
+
+import torch
+
+from adanat.models.enat import ENAT
+from adanat.presets import generator_config
+from adanat.pretrain.generator import GeneratorTraining, masked_batch, previous_state, previous_step
+
+
+def _model() -> ENAT:
+    torch.manual_seed(0)
+    return ENAT(generator_config("enat-shapes-tiny")).eval()
+
+
+def _batch(model: ENAT) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, model.config.codebook_size, (6, model.config.seq_len), generator=gen)
+    labels = torch.arange(6) % 10
+    inputs, _, y = masked_batch(tokens, labels, model, GeneratorTraining(beta_a=3, beta_b=3), gen)
+    return inputs, y
+
+
+def test_masked_batch_masks_one_count_per_batch():
+    model = _model()
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.config.codebook_size, (8, 64), generator=gen)
+    inputs, targets, y = masked_batch(tokens, torch.arange(8), model, GeneratorTraining(), gen)
+    masked = (inputs == model.config.mask_id).sum(1)  # (B,)
+    assert (masked == masked[0]).all() and 1 <= int(masked[0]) <= 63
+    assert ((targets != -100) == (inputs == model.config.mask_id)).all()
+    assert torch.equal(targets[targets != -100], tokens[inputs == model.config.mask_id])
+    assert ((y == torch.arange(8)) | (y == model.config.null_class)).all()  # dropped to null or kept
+
+
+def test_previous_step_remasks_visible_tokens_only():
+    model = _model()
+    inputs, _ = _batch(model)
+    was = inputs == model.config.mask_id  # (B, L)
+    for seed, u in ((0, 0.4963), (3, 0.0043)):  # the first draw of each seed is the fraction u
+        prev = previous_step(inputs, model.config.mask_id, torch.Generator().manual_seed(seed))
+        now = prev == model.config.mask_id  # (B, L)
+        assert (now >= was).all() and torch.equal(prev[~now], inputs[~now])
+        remasked = (now & ~was).sum(1)  # (B,)
+        assert torch.equal(remasked, ((~was).sum(1).double() * u).round().long())
+
+
+def test_previous_state_chain_one_is_the_published_path():
+    model = _model()
+    inputs, y = _batch(model)
+    cfg = GeneratorTraining()
+    a = previous_state(model, inputs, y, cfg, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        b = model(previous_step(inputs, model.config.mask_id, gen), y).state
+    assert torch.equal(a.feat, b.feat) and torch.equal(a.masking, b.masking)
+
+
+def test_previous_state_chain_runs_nested_steps_with_reuse():
+    model = _model()
+    inputs, y = _batch(model)
+    one, chain = GeneratorTraining(), GeneratorTraining(reuse_chain=4)
+    differ = 0
+    for seed in range(6):
+        a = previous_state(model, inputs, y, one, torch.Generator().manual_seed(seed))
+        b = previous_state(model, inputs, y, chain, torch.Generator().manual_seed(seed))
+        # the same previous step (same first draws), reached through a chain or encoded at once
+        assert torch.equal(a.masking, b.masking)
+        assert (b.masking >= (inputs == model.config.mask_id)).all()
+        with torch.no_grad():
+            model(inputs, y, b)  # a valid reuse state for the current step
+        differ += int(not torch.allclose(a.feat, b.feat))
+    assert differ >= 3  # depth 1 of 4 gives the same features; deeper chains do not
