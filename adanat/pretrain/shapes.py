@@ -346,15 +346,16 @@ class ShapesPretrainer:
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
         extra: dict[str, object] = {}
         if init is not None:
-            extra["init"] = self._generator_init(init, run.folder, config)
-            model.load_state_dict(load_generator(init, config).state_dict())
+            start = load_generator(init, config)  # a mismatched or corrupt file fails before training
+            extra["init"] = self._generator_init(init, run.folder)
+            model.load_state_dict(start.state_dict())
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training)
         seconds = time.perf_counter() - t0 + run.earlier_seconds
         quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
         self._write("generator", ema.state_dict(), config, quality, seconds, **extra)
         return quality
 
-    def _generator_init(self, init: Path, folder: Path, config: ENATConfig) -> dict[str, object]:
+    def _generator_init(self, init: Path, folder: Path) -> dict[str, object]:
         """The starting point's record: its hash and, when it is a manifest's generator, that
         entry's command and quality. Saved in the run folder at the first start, so a resumed run
         (whose starting file may since have been replaced by its own output) reports the same."""
@@ -369,7 +370,6 @@ class ShapesPretrainer:
                 record.update(
                     {k: entry[k] for k in ("command", "quality", "train_seconds", "init") if k in entry}
                 )
-        load_generator(init, config)  # a mismatched or corrupt file fails here, before training
         write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
         return record
 
