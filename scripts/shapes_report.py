@@ -1,18 +1,24 @@
 """Measure the shipped ``shapes`` world with fixed schedules and write ``docs/shapes.md`` and grids.
 
     python scripts/shapes_report.py --n 5000
+    python scripts/shapes_report.py --from-json docs/shapes_metrics.json   # rewrite the text only
 
 For each schedule and T: FID, IS, precision, recall (metric-network features, torch-fidelity,
-N generated vs N held-out real) and class accuracy; plus the real-vs-real floor.
+N generated vs N held-out real) and class accuracy; plus the real-vs-real floor. ``--from-json``
+takes the numbers of an earlier run on the same weights (checked by sha256) and rewrites
+``docs/shapes.md`` without measuring again (the grids stay as they are).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from rich.console import Console
@@ -45,13 +51,50 @@ def _grid_name(name: str, steps: int, reuse: bool) -> str:
     return f"shapes_{name}_t{steps}{'' if reuse else '_noreuse'}.png"
 
 
+def _chain(entry: dict) -> Iterator[dict]:
+    """A manifest entry, then the entries of the runs it continued (``init``), newest first."""
+    while entry:
+        yield entry
+        entry = entry.get("init", {})
+
+
+def _from_json(path: Path, weights: dict[str, str]) -> dict:
+    """The numbers of an earlier report; exits with one line unless they were measured on ``weights``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"--from-json {path}: {e}")
+    if not isinstance(data, dict) or data.get("weights") != weights:
+        _fail(f"--from-json {path}: not measured on the shipped weights")
+    return data
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument("--from-json", type=Path, default=None, help="reuse the numbers of an earlier run")
     args = p.parse_args()
     torch.set_grad_enabled(False)
+    manifest = read_manifest(asset_dir("shapes"))
+    weights = {k: v["sha256"] for k, v in manifest["models"].items()}
+    if args.from_json is not None:
+        data = _from_json(args.from_json, weights)
+        args.n, args.seed = data["n"], data["seed"]
+        rows = data["rows"]
+    else:
+        rows = measure(args)
+    write_report(args, rows, manifest, weights)
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every row of the table (and the sample grids) on the shipped weights."""
     models = load_models("shapes")
     reference = real_images("heldout", args.n)
     rows: dict[str, dict[str, float]] = {}
@@ -78,6 +121,11 @@ def main() -> None:
             }
             save_grid(samples.images[:100].float() / 255, args.docs / _grid_name(name, steps, reuse), nrow=10)
     rows["real (held-out vs reference)"] = shapes_floor(args.n, args.seed)
+    return rows
+
+
+def write_report(args: argparse.Namespace, rows: dict, manifest: dict, weights: dict[str, str]) -> None:
+    """The table on stdout, ``shapes_metrics.json`` and ``shapes.md``."""
 
     table = Table(title=f"shapes, {args.n} samples")
     cols = ["FID", "IS", "precision", "recall", "class acc", "ms/img"]
@@ -98,11 +146,9 @@ def main() -> None:
         table.add_row(row, *cells)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     Console().print(table)
-    manifest = read_manifest(asset_dir("shapes"))
     quality = {k: v["quality"] for k, v in manifest["models"].items()}
-    (args.docs / "shapes_metrics.json").write_text(
-        json.dumps({"n": args.n, "seed": args.seed, "rows": rows, "models": quality}, indent=2) + "\n"
-    )
+    record = {"n": args.n, "seed": args.seed, "rows": rows, "models": quality, "weights": weights}
+    (args.docs / "shapes_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     grids = "\n".join(f"| {_label(*c)} | ![]({_grid_name(*c)}) |" for c in CONFIGS)
     sweep = manifest["models"]["tokenizer"].get("codebook_sweep", {})
     sweep_rows = "\n".join(
@@ -111,7 +157,10 @@ def main() -> None:
     q_tok, q_met = quality["tokenizer"], quality["metric"]
     len_codes = manifest["models"]["tokenizer"]["config"]["codebook_size"]
     tok_psnr, tok_usage = q_tok["psnr"], q_tok["codebook_usage"]
-    secs = {k: float(v.get("train_seconds", 0.0)) for k, v in manifest["models"].items()}
+    # a continued model's time includes the runs it continued
+    secs = {
+        k: sum(float(e.get("train_seconds", 0.0)) for e in _chain(v)) for k, v in manifest["models"].items()
+    }
     variant = json.dumps(
         json.loads(resources.files("adanat.data").joinpath("schedules", "enat.json").read_text())["variants"][
             "shapes"
@@ -140,11 +189,10 @@ reconstructions):
         + (f" at commit `{entry['commit']}`" if "commit" in entry else "")
         + (f"; pruned by `{entry['codebook_pruning']['command']}`" if "codebook_pruning" in entry else "")
         + (f" ({entry['note']})" if "note" in entry else "")
-        + (
-            f", continuing the weights (sha256 `{entry['init']['sha256'][:12]}`) of "
-            f"`{entry['init'].get('command', 'an earlier run')}`"
-            if "init" in entry
-            else ""
+        + "".join(
+            f", continuing the weights (sha256 `{e['sha256'][:12]}`) of "
+            f"`{e.get('command', 'an earlier run')}`"
+            for e in list(_chain(entry))[1:]
         )
         for name, entry in manifest["models"].items()
     )
