@@ -66,6 +66,8 @@ def _from_json(path: Path, weights: dict[str, str]) -> dict:
         _fail(f"--from-json {path}: {e}")
     if not isinstance(data, dict) or data.get("weights") != weights:
         _fail(f"--from-json {path}: not measured on the shipped weights")
+    if not all(key in data for key in ("n", "seed", "rows")):
+        _fail(f"--from-json {path}: not a shapes_metrics.json (needs n, seed, rows)")
     return data
 
 

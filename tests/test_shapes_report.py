@@ -32,5 +32,11 @@ def test_from_json_refuses_numbers_of_other_weights_with_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "not measured on the shipped weights" in out.stderr
     assert (tmp_path / "shapes.md").read_text() == "kept"
+    data = json.loads(SHIPPED.read_text())
+    del data["rows"]
+    (tmp_path / "cut.json").write_text(json.dumps(data))
+    cut = run("--from-json", str(tmp_path / "cut.json"), "--docs", str(tmp_path))
+    assert cut.returncode == 2 and "needs n, seed, rows" in cut.stderr
+    assert (tmp_path / "shapes.md").read_text() == "kept"
     missing = run("--from-json", str(tmp_path / "nope.json"), "--docs", str(tmp_path))
     assert missing.returncode == 2 and missing.stderr.startswith("error: --from-json")
