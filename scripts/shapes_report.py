@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 from rich.console import Console
@@ -59,24 +58,19 @@ def _chain(entry: dict) -> Iterator[dict]:
 
 
 def _from_json(path: Path, weights: dict[str, str]) -> dict:
-    """The numbers of an earlier report; exits with one line unless they were measured on ``weights``."""
+    """The numbers of an earlier report; ``ValueError`` unless they were measured on ``weights``."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        _fail(f"--from-json {path}: {e}")
+        raise ValueError(f"--from-json {path}: {e}") from None
     if not isinstance(data, dict) or data.get("weights") != weights:
-        _fail(f"--from-json {path}: not measured on the shipped weights")
+        raise ValueError(f"--from-json {path}: not measured on the shipped weights")
     if not all(key in data for key in ("n", "seed", "rows")):
-        _fail(f"--from-json {path}: not a shapes_metrics.json (needs n, seed, rows)")
+        raise ValueError(f"--from-json {path}: not a shapes_metrics.json (needs n, seed, rows)")
     return data
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
@@ -87,12 +81,17 @@ def main() -> None:
     manifest = read_manifest(asset_dir("shapes"))
     weights = {k: v["sha256"] for k, v in manifest["models"].items()}
     if args.from_json is not None:
-        data = _from_json(args.from_json, weights)
+        try:
+            data = _from_json(args.from_json, weights)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         args.n, args.seed = data["n"], data["seed"]
         rows = data["rows"]
     else:
         rows = measure(args)
     write_report(args, rows, manifest, weights)
+    return 0
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -245,4 +244,4 @@ rule: {sweep.get("rule", "best PSNR")}):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
