@@ -14,6 +14,10 @@ FLOPs; the MAC column halves it (papers often call MACs "FLOPs").
 
     python benchmarks/generation.py                # defaults: enat-s-in256, batch 8, T=8
     python benchmarks/generation.py --quick        # tiny model, for a smoke run
+    python benchmarks/generation.py --throughput 16,64,256   # + ENAT-L images/s (GPU)
+
+``--throughput`` adds images per second of ENAT-L in256 (random weights), T=8 with guidance and
+the VQ decoder, at each batch size, in float32 and under bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -185,6 +189,32 @@ def large_flops(name: str, device: torch.device) -> None:
     )
 
 
+def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:
+    """Images per second of a guided T=8 generation plus VQ decoding, per batch size and precision."""
+    preset = model_preset(name)
+    model = random_enat(name, device)
+    tokenizer = MaskGITVQGAN(tokenizer_config("maskgit-vqgan-f16")).eval().to(device)
+    schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
+    grid = preset.generator.grid
+
+    def images(b: int, dtype: torch.dtype | None) -> Callable[[], object]:
+        labels = torch.arange(b, device=device) % model.config.num_classes  # (B,)
+
+        def fn() -> object:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = generate(model, labels, schedule, 8, row_generators(0, b, device))
+                return tokenizer.decode(out.ids.reshape(b, grid, grid))  # (B, 3, H, W)
+
+        return fn
+
+    print(f"{name}, T=8, guidance, VQ decoding included (random weights): images/s")
+    print(f"{'batch':>6s} {'float32':>9s} {'bf16 autocast':>14s}")
+    for b in batches:
+        cases = {"fp32": images(b, None), "bf16": images(b, torch.bfloat16)}
+        t = wall_times(cases, repeats, device)
+        print(f"{b:6d} {b / t['fp32']:9.1f} {b / t['bf16']:14.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="enat-s-in256", help="generator preset for the timing table")
@@ -196,10 +226,17 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-large", action="store_true", help="skip the ENAT-L FLOP count")
     p.add_argument("--quick", action="store_true", help="tiny model, one repeat, no ENAT-L")
+    p.add_argument(
+        "--throughput", default=None, metavar="B1,B2,..", help="also ENAT-L images/s at these batch sizes"
+    )
     args = p.parse_args()
     if args.quick:
         args.preset, args.repeats, args.skip_large, args.batch = "enat-tiny", 1, True, 4
     run(args)
+    if args.throughput:
+        print()
+        batches = [int(b) for b in args.throughput.split(",")]
+        throughput(args.large_preset, batches, torch.device(args.device), max(1, args.repeats // 2))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adanat.assets import asset_dir
+from adanat.cli import UsageError, resolve_device
 from adanat.pretrain.shapes import ALL_STAGES, STAGES, ShapesPretrainer, ShapesPretraining
 
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     g.add_argument("--generator-steps", type=_positive_int, default=None, help="training steps")
     g.add_argument("--generator-lr", type=_positive_float, default=None, help="peak learning rate")
+    g.add_argument("--generator-batch-size", type=_positive_int, default=None, help="batch size")
     g.add_argument("--generator-warmup", type=_positive_int, default=None, help="warm-up steps")
     g.add_argument(
         "--generator-reuse-chain",
@@ -61,13 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         help="build the reuse path's previous state through up to N earlier steps run with reuse, "
         "as sampling does (default 1: the published strategy)",
     )
+    g.add_argument(
+        "--device", default="cpu", help="where the generator trains: cpu, cuda, cuda:1 (other stages: cpu)"
+    )
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except UsageError as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return 2
     cfg = ShapesPretraining.tiny() if args.tiny else ShapesPretraining()
     overrides = {
         k: v
         for k, v in (
             ("steps", args.generator_steps),
             ("lr", args.generator_lr),
+            ("batch_size", args.generator_batch_size),
             ("warmup", args.generator_warmup),
             ("reuse_chain", args.generator_reuse_chain),
         )
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/pretrain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     stages = ALL_STAGES if args.stage == "all" else (args.stage,)
     try:
-        results = ShapesPretrainer(cfg, args.run_dir, out, command).run(stages, args.init_generator)
+        results = ShapesPretrainer(cfg, args.run_dir, out, command, device).run(stages, args.init_generator)
     except KeyboardInterrupt:
         print(
             "interrupted: progress is saved in the run folder; run the same command to resume",

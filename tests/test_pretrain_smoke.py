@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from adanat.assets import verified_file
@@ -74,6 +75,7 @@ def test_each_stage_through_the_script(tmp_path):
     first = manifest["models"]["generator"]
     args = ("--stage", "generator", "--run-dir", str(tmp_path / "more"), "--out", str(out))
     more = ("--init-generator", str(out / "generator.safetensors"), "--generator-steps", "2")
+    more += ("--generator-batch-size", "4")
     for _ in range(2):
         res = _run(
             *args, *more, "--generator-lr", "1e-4", "--generator-warmup", "1", "--generator-reuse-chain", "3"
@@ -84,6 +86,7 @@ def test_each_stage_through_the_script(tmp_path):
         assert entry["init"]["command"] == first["command"]
         assert entry["sha256"] != first["sha256"]
         assert "--init-generator" in entry["command"]
+        assert "--generator-batch-size 4" in entry["command"]
     assert torch.load(tmp_path / "more" / "generator" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
@@ -94,6 +97,28 @@ def test_generator_init_must_exist_and_fit(tmp_path):
     assert res.stderr.count("\n") == 1
     res = _run("--stage", "generator", *where, "--generator-steps", "0")
     assert res.returncode == 2 and "positive integer" in res.stderr
+
+
+def test_unknown_device_is_one_line(tmp_path):
+    where = ("--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))
+    res = _run("--stage", "generator", *where, "--device", "nonsense")
+    assert res.returncode == 2
+    assert "unknown device" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_generator_trains_on_cuda(tmp_path):
+    where = ("--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"))
+    for stage in ("metric", "tokenizer"):
+        assert _run("--stage", stage, *where).returncode == 0
+    res = _run("--stage", "generator", *where, "--device", "cuda")
+    assert res.returncode == 0, res.stderr[-2000:]
+    entry = json.loads((tmp_path / "o" / "manifest.json").read_text())["models"]["generator"]
+    assert "--device cuda" in entry["command"]
+    assert 0.0 <= entry["quality"]["class_accuracy_enat_t8"] <= 1.0
+    assert verified_file(tmp_path / "o", "generator").is_file()
 
 
 def test_generator_stage_needs_the_tokenizer(tmp_path):

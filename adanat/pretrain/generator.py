@@ -98,7 +98,7 @@ def previous_state(
             steps.append(previous_step(steps[-1], ema.config.mask_id, gen))
     state = None
     for ids in reversed(steps):
-        state = ema(ids, labels, state).state
+        state = ema(ids.to(labels.device), labels, state).state
     assert state is not None
     return state
 
@@ -106,7 +106,12 @@ def previous_state(
 def train_generator(
     model: ENAT, tokens: Tensor, labels: Tensor, run: TrainingRun, cfg: GeneratorTraining
 ) -> ENAT:
-    """Train on ``tokens`` ``(N, L)`` with ``labels`` ``(N,)``; returns the EMA model."""
+    """Train on ``tokens`` ``(N, L)`` with ``labels`` ``(N,)``; returns the EMA model.
+
+    The model trains on its own device; batches are drawn on the CPU from one seeded generator,
+    so a run on a GPU sees the same batches, masks and reuse draws as one on the CPU.
+    """
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout masks inside the model
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -128,12 +133,13 @@ def train_generator(
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps, 0.05)
             idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=gen)
-            inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)
+            inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)  # CPU
+            targets, y = targets.to(device), y.to(device)  # (B, L), (B,)
             prev = None
             reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
             if reuse:
                 prev = previous_state(ema, inputs, y, cfg, gen)
-            logits = model(inputs, y, prev).logits  # (B, L, K)
+            logits = model(inputs.to(device), y, prev).logits  # (B, L, K)
             loss = F.cross_entropy(
                 logits.transpose(1, 2), targets, ignore_index=-100, label_smoothing=cfg.label_smoothing
             )
