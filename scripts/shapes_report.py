@@ -158,10 +158,25 @@ def write_report(args: argparse.Namespace, rows: dict, manifest: dict, weights: 
     q_tok, q_met = quality["tokenizer"], quality["metric"]
     len_codes = manifest["models"]["tokenizer"]["config"]["codebook_size"]
     tok_psnr, tok_usage = q_tok["psnr"], q_tok["codebook_usage"]
-    # a continued model's time includes the runs it continued
+    # a continued model's time includes the runs it continued; runs off the CPU are named apart
     secs = {
-        k: sum(float(e.get("train_seconds", 0.0)) for e in _chain(v)) for k, v in manifest["models"].items()
+        k: sum(float(e.get("train_seconds", 0.0)) for e in _chain(v) if "device" not in e)
+        for k, v in manifest["models"].items()
     }
+    elsewhere: dict[str, dict[str, float]] = {}
+    for k, v in manifest["models"].items():
+        for e in _chain(v):
+            if "device" in e:
+                on = elsewhere.setdefault(k, {})
+                on[e["device"]] = on.get(e["device"], 0.0) + float(e.get("train_seconds", 0.0))
+    times = {
+        k: f"{s:.0f} s" + "".join(f" + {t:.0f} s on {d}" for d, t in elsewhere.get(k, {}).items())
+        for k, s in secs.items()
+    }
+    off_cpu = sorted({d for on in elsewhere.values() for d in on})
+    where = "on the 2-core CPU"
+    if off_cpu:
+        where += f", plus the runs on {', '.join(off_cpu)} named in the table"
     variant = json.dumps(
         json.loads(resources.files("adanat.data").joinpath("schedules", "enat.json").read_text())["variants"][
             "shapes"
@@ -187,12 +202,13 @@ reconstructions):
 """
     provenance = "\n".join(
         f"- {name}: `{entry['command']}`"
+        + (f" on {entry['device']}" if "device" in entry else "")
         + (f" at commit `{entry['commit']}`" if "commit" in entry else "")
         + (f"; pruned by `{entry['codebook_pruning']['command']}`" if "codebook_pruning" in entry else "")
         + (f" ({entry['note']})" if "note" in entry else "")
         + "".join(
             f", continuing the weights (sha256 `{e['sha256'][:12]}`) of "
-            f"`{e.get('command', 'an earlier run')}`"
+            f"`{e.get('command', 'an earlier run')}`" + (f" on {e['device']}" if "device" in e else "")
             for e in list(_chain(entry))[1:]
         )
         for name, entry in manifest["models"].items()
@@ -210,14 +226,14 @@ two real splits: the floor of what a generator can reach.
 
 ## Models
 
-| model | quality | CPU training time |
+| model | quality | training time (2-core CPU unless named) |
 | --- | --- | --- |
-| metric network | held-out accuracy {q_met["heldout_accuracy"]:.4f} | {secs["metric"]:.0f} s |
-| tokenizer | PSNR {tok_psnr:.2f} dB, {len_codes} codes, usage {tok_usage:.3f} | {secs["tokenizer"]:.0f} s |
-| generator | class accuracy, ENAT sampler as trained (T=8, T=4): {gen_acc} | {secs["generator"]:.0f} s |
+| metric network | held-out accuracy {q_met["heldout_accuracy"]:.4f} | {times["metric"]} |
+| tokenizer | PSNR {tok_psnr:.2f} dB, {len_codes} codes, usage {tok_usage:.3f} | {times["tokenizer"]} |
+| generator | class accuracy, ENAT sampler (T=8, T=4): {gen_acc} | {times["generator"]} |
 
 `python scripts/pretrain.py --env shapes --stage all` runs every stage; the shipped files come from
-(training time {sum(secs.values()) / 60:.0f} min in all on the 2-core CPU, including other work that
+(training time {sum(secs.values()) / 60:.0f} min in all {where}; CPU times include other work that
 shared the machine):
 
 {provenance}

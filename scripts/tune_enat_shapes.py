@@ -27,7 +27,7 @@ from adanat.weights import load_models
 GRIDS = {
     "remask_temp": (1.5, 6.0, 20.0, 50.0),
     "sampling_temp": (0.5, 1.0, 3.0, 6.0),
-    "guidance": (1.0, 2.5, 4.0, 6.0),
+    "guidance": (1.0, 2.0, 2.5, 3.0, 4.0, 6.0),
 }
 START = {"guidance": 2.5, "remask_temp": 1.5, "sampling_temp": 6.0}  # ENAT in256
 

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "shapes_report.py"
-SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "shapes_metrics.json"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "docs" / "shapes_metrics.json"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -20,6 +21,14 @@ def test_from_json_rewrites_the_report_from_numbers_of_the_shipped_weights(tmp_p
     enat = json.loads(SHIPPED.read_text())["rows"]["enat T=8"]
     assert f"| enat T=8 | {enat['frechet_inception_distance']:.3f} |" in doc
     assert "continuing the weights" in doc  # the generator's chain of starts
+    # training time is counted apart for runs off the CPU, each named with its device
+    entry = json.loads((ROOT / "adanat" / "assets" / "shapes" / "manifest.json").read_text())["models"]
+    entry, devices = entry["generator"], set()
+    while entry:
+        devices |= {entry["device"]} if "device" in entry else set()
+        entry = entry.get("init", {})
+    for device in devices:
+        assert f" s on {device} |" in doc and f"` on {device}" in doc
     assert json.loads((tmp_path / "shapes_metrics.json").read_text()) == json.loads(SHIPPED.read_text())
 
 

@@ -109,7 +109,9 @@ def train_generator(
     """Train on ``tokens`` ``(N, L)`` with ``labels`` ``(N,)``; returns the EMA model.
 
     The model trains on its own device; batches are drawn on the CPU from one seeded generator,
-    so a run on a GPU sees the same batches, masks and reuse draws as one on the CPU.
+    so a run on a GPU sees the same batches, masks and reuse draws as one on the CPU. Dropout on a
+    GPU draws from the CUDA generator, which the checkpoint does not hold: a resumed GPU run
+    continues with the same data but other dropout masks.
     """
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)

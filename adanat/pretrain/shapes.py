@@ -357,6 +357,8 @@ class ShapesPretrainer:
             start = load_generator(init, config)  # a mismatched or corrupt file fails before training
             extra["init"] = self._generator_init(init, run.folder)
             model.load_state_dict(start.state_dict())
+        if self.device.type == "cuda":  # the manifest says where a model was trained off the CPU
+            extra["device"] = torch.cuda.get_device_name(self.device)
         ema = train_generator(model, tokens, labels, run, self.cfg.generator_training).cpu()
         seconds = time.perf_counter() - t0 + run.earlier_seconds
         quality = self.class_accuracy(ema) if (self.out_dir / "metric.safetensors").is_file() else {}
@@ -375,9 +377,8 @@ class ShapesPretrainer:
         if manifest_path.is_file():
             entry = json.loads(manifest_path.read_text()).get("models", {}).get("generator", {})
             if entry.get("sha256") == record["sha256"]:
-                record.update(
-                    {k: entry[k] for k in ("command", "quality", "train_seconds", "init") if k in entry}
-                )
+                keys = ("command", "quality", "train_seconds", "device", "init")
+                record.update({k: entry[k] for k in keys if k in entry})
         write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
         return record
 
