@@ -220,7 +220,8 @@ FID, IS, precision and recall are computed by torch-fidelity in the metric netwo
 ({args.n} generated vs {args.n} held-out real images); class accuracy is the share of generated
 images the metric network assigns to the requested class. Every row uses ENAT's computation reuse
 except the one marked "no reuse" (each step re-encodes every visible token). The last row compares
-two real splits: the floor of what a generator can reach.
+two real splits: the floor of what a generator can reach. ms/img is the wall time of generation
+and decoding on the machine that ran the report, including whatever else ran there.
 
 {chr(10).join(lines)}
 

@@ -38,8 +38,8 @@ def test_manifest_lists_verified_small_files():
     assert q["metric"]["heldout_accuracy"] >= 0.98
     assert q["tokenizer"]["codebook_usage"] > 0.5 and q["tokenizer"]["psnr"] > 20
     if "generator" in q:
-        # measured 0.848 at T=8 (chance 0.1); the target of 0.90 is not reached yet
-        assert q["generator"]["class_accuracy_enat_t8"] >= 0.82
+        # the target: >= 0.90 of 1,000 images at T=8 with the ENAT sampler (measured 0.919)
+        assert q["generator"]["class_accuracy_enat_t8"] >= 0.90
 
 
 @needs_generator
@@ -113,8 +113,8 @@ def test_generated_images_have_the_requested_class():
     )
     assert out.images.shape == (30, 3, 32, 32)
     assert float(out.images.min()) >= 0 and float(out.images.max()) <= 1
-    # 0.767 on this batch (23 of 30; 0.848 on 1,000 images), against chance 0.10
-    assert accuracy(load_metric_network(), out.images, labels) >= 0.7
+    # 0.867 on this batch (26 of 30; 0.919 on 1,000 images), against chance 0.10
+    assert accuracy(load_metric_network(), out.images, labels) >= 0.8
 
 
 @needs_generator
