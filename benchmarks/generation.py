@@ -16,8 +16,9 @@ FLOPs; the MAC column halves it (papers often call MACs "FLOPs").
     python benchmarks/generation.py --quick        # tiny model, for a smoke run
     python benchmarks/generation.py --throughput 16,64,256   # + ENAT-L images/s (GPU)
 
-``--throughput`` adds images per second of ENAT-L in256 (random weights), T=8 with guidance and
-the VQ decoder, at each batch size, in float32 and under bfloat16 autocast.
+``--throughput`` adds images per second of ``--large-preset`` (ENAT-L in256 by default; random
+weights), T=8 with guidance and the VQ decoder, at each batch size, in float32 and under
+bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adanat.models.enat import ENAT
+from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset, tokenizer_config
 from adanat.rng import row_generators
@@ -56,10 +57,10 @@ class JitteredSchedule:
         return Controls.from_tensor(rows.to(state.ids.device))
 
 
-def random_enat(name: str, device: torch.device, seed: int = 0) -> ENAT:
-    """An ENAT with random weights and non-zero modulation (all paths active)."""
+def random_enat(name: str | ENATConfig, device: torch.device, seed: int = 0) -> ENAT:
+    """An ENAT (preset name or config) with random weights and non-zero modulation (all paths active)."""
     torch.manual_seed(seed)
-    model = ENAT(generator_config(name))
+    model = ENAT(generator_config(name) if isinstance(name, str) else name)
     for block in model.blocks:
         torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
     return model.eval().to(device)
@@ -190,10 +191,11 @@ def large_flops(name: str, device: torch.device) -> None:
 
 
 def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:
-    """Images per second of a guided T=8 generation plus VQ decoding, per batch size and precision."""
+    """Images per second of a guided T=8 generation plus VQ decoding with model preset ``name``
+    (random weights), per batch size and precision."""
     preset = model_preset(name)
-    model = random_enat(name, device)
-    tokenizer = MaskGITVQGAN(tokenizer_config("maskgit-vqgan-f16")).eval().to(device)
+    model = random_enat(preset.generator, device)
+    tokenizer = MaskGITVQGAN(preset.tokenizer).eval().to(device)
     schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
     grid = preset.generator.grid
 
@@ -226,9 +228,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-large", action="store_true", help="skip the ENAT-L FLOP count")
     p.add_argument("--quick", action="store_true", help="tiny model, one repeat, no ENAT-L")
-    p.add_argument(
-        "--throughput", default=None, metavar="B1,B2,..", help="also ENAT-L images/s at these batch sizes"
-    )
+    p.add_argument("--throughput", default=None, metavar="B1,B2,..", help="--large-preset images/s")
     args = p.parse_args()
     if args.quick:
         args.preset, args.repeats, args.skip_large, args.batch = "enat-tiny", 1, True, 4
