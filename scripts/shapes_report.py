@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -158,22 +159,17 @@ def write_report(args: argparse.Namespace, rows: dict, manifest: dict, weights: 
     q_tok, q_met = quality["tokenizer"], quality["metric"]
     len_codes = manifest["models"]["tokenizer"]["config"]["codebook_size"]
     tok_psnr, tok_usage = q_tok["psnr"], q_tok["codebook_usage"]
-    # a continued model's time includes the runs it continued; runs off the CPU are named apart
-    secs = {
-        k: sum(float(e.get("train_seconds", 0.0)) for e in _chain(v) if "device" not in e)
-        for k, v in manifest["models"].items()
-    }
-    elsewhere: dict[str, dict[str, float]] = {}
+    # a continued model's time includes the runs it continued, each counted where it ran
+    spent: dict[str, Counter[str]] = {k: Counter() for k in manifest["models"]}
     for k, v in manifest["models"].items():
         for e in _chain(v):
-            if "device" in e:
-                on = elsewhere.setdefault(k, {})
-                on[e["device"]] = on.get(e["device"], 0.0) + float(e.get("train_seconds", 0.0))
+            spent[k][e.get("device", "CPU")] += float(e.get("train_seconds", 0.0))
+    secs = {k: on["CPU"] for k, on in spent.items()}
     times = {
-        k: f"{s:.0f} s" + "".join(f" + {t:.0f} s on {d}" for d, t in elsewhere.get(k, {}).items())
-        for k, s in secs.items()
+        k: f"{on['CPU']:.0f} s" + "".join(f" + {t:.0f} s on {d}" for d, t in on.items() if d != "CPU")
+        for k, on in spent.items()
     }
-    off_cpu = sorted({d for on in elsewhere.values() for d in on})
+    off_cpu = sorted({d for on in spent.values() for d in on} - {"CPU"})
     where = "on the 2-core CPU"
     if off_cpu:
         where += f", plus the runs on {', '.join(off_cpu)} named in the table"
