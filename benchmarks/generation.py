@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.presets import generator_config, model_preset, tokenizer_config
+from adanat.presets import generator_config, model_preset
 from adanat.rng import row_generators
 from adanat.sampling import Controller, Controls, GenerationState, ScheduleController, generate
 from adanat.schedules import Schedule, load_schedule
@@ -163,18 +163,24 @@ def _row_schedule(ctrl: JitteredSchedule, row: int) -> Schedule:
     return Schedule("row", *(tuple(t[:, j].tolist()) for j in range(4)))
 
 
+def preset_models(name: str, device: torch.device) -> tuple[ENAT, MaskGITVQGAN, ScheduleController, int]:
+    """Model preset ``name`` with random weights: generator, tokenizer, its ENAT sampler at T=8
+    and the token grid side."""
+    preset = model_preset(name)
+    model = random_enat(preset.generator, device)
+    tokenizer = MaskGITVQGAN(preset.tokenizer).eval().to(device)
+    schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
+    return model, tokenizer, schedule, preset.generator.grid
+
+
 def large_flops(name: str, device: torch.device) -> None:
     """FLOPs of one guided T=8 generation at batch 1 with random weights, generator and decoder apart."""
-    preset = model_preset(name)
-    model = random_enat(name, device)
-    tokenizer = MaskGITVQGAN(tokenizer_config("maskgit-vqgan-f16")).eval().to(device)
-    schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
+    model, tokenizer, schedule, grid = preset_models(name, device)
     labels = torch.tensor([207], device=device)
     out = {}
     gen_flops = flops_of(
         lambda: out.setdefault("g", generate(model, labels, schedule, 8, row_generators(0, 1, device)))
     )
-    grid = preset.generator.grid
     dec_flops = flops_of(lambda: tokenizer.decode(out["g"].ids.reshape(1, grid, grid)))
     noreuse = flops_of(
         lambda: generate(model, labels, schedule, 8, row_generators(0, 1, device), reuse=False)
@@ -193,11 +199,7 @@ def large_flops(name: str, device: torch.device) -> None:
 def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:
     """Images per second of a guided T=8 generation plus VQ decoding with model preset ``name``
     (random weights), per batch size and precision."""
-    preset = model_preset(name)
-    model = random_enat(preset.generator, device)
-    tokenizer = MaskGITVQGAN(preset.tokenizer).eval().to(device)
-    schedule = ScheduleController(load_schedule("enat", steps=8, variant=preset.enat_variant))
-    grid = preset.generator.grid
+    model, tokenizer, schedule, grid = preset_models(name, device)
 
     def images(b: int, dtype: torch.dtype | None) -> Callable[[], object]:
         labels = torch.arange(b, device=device) % model.config.num_classes  # (B,)
