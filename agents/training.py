@@ -7,6 +7,7 @@ adanat never loads it, as it is a pickle), ``policy/`` (the exported actor) and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -95,6 +96,16 @@ class PolicyTraining:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        steps = self.std_schedule
+        if (
+            not steps
+            or steps[0][0] != 0
+            or any(b[0] <= a[0] for a, b in itertools.pairwise(steps))
+            or any(not std > 0 for _, std in steps)
+        ):
+            raise ValueError(
+                f"action std schedule must start at update 0, rise in updates, have stds > 0: {steps}"
+            )
         if self.select_fid == 1 or self.select_fid < 0:
             raise ValueError(f"select-fid must be 0 (off) or >= 2 images, got {self.select_fid}")
         if self.env.steps < 2:

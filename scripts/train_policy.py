@@ -49,6 +49,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--action-scale", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=DEFAULT.learning_rate)
     p.add_argument(
+        "--action-std",
+        type=std_schedule,
+        default=DEFAULT.std_schedule,
+        metavar="U:STD,..",
+        help="exploration std from PPO update U on (default "
+        + ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule)
+        + ", AdaNAT's)",
+    )
+    p.add_argument(
         "--disc-updates",
         type=int,
         default=None,
@@ -88,6 +97,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-model", default="ViT-B-32")
     p.add_argument("--clip-weights", type=Path, default=None)
     return p.parse_args(argv)
+
+
+def std_schedule(text: str) -> tuple[tuple[int, float], ...]:
+    """``"0:0.6,500:0.3"`` -> ``((0, 0.6), (500, 0.3))``: the std from each update on."""
+    try:
+        return tuple((int(u), float(v)) for u, v in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        msg = f"expected UPDATE:STD,... such as 0:0.6,500:0.3, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def disc_updates(world: str) -> int:
@@ -134,6 +152,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
+        std_schedule=a.action_std,
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,
         save_every=a.save_every,
