@@ -136,6 +136,23 @@ def _fmt(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def _selection(reports: list[dict]) -> str:
+    """Which update each evaluated policy came from (its run's ``best.json``)."""
+    parts = []
+    for rep in reports:
+        folder = Path(rep["config"]["policy"])
+        record = folder.parent / "best.json"
+        if folder.name == "best" and record.is_file():
+            best = json.loads(record.read_text())
+            parts.append(
+                f"`{folder.parent.name}` update {best['updates']} (selection FID {best['fid']:.2f}, "
+                f"base {best['base_fid']:.2f}, {best['images']} images)"
+            )
+        else:
+            parts.append(f"`{folder.parent.name}` final policy")
+    return "evaluated policies: " + "; ".join(parts) + "."
+
+
 def stage_report(args: argparse.Namespace) -> None:
     lines = [
         "# Results on `shapes`",
@@ -177,6 +194,9 @@ def stage_report(args: argparse.Namespace) -> None:
         best_fid = reports[best][0]["metrics"]["frechet_inception_distance"]
         learned = reports.get("AdaNAT, adversarial reward")
         lines.append("")
+        for group in (g for g in reports if g.startswith("AdaNAT")):
+            lines.append(f"{group}: {_selection(reports[group])}")
+            lines.append("")
         if learned:
             fid = statistics.mean(r["metrics"]["frechet_inception_distance"] for r in learned)
             recall = statistics.mean(r["metrics"]["recall"] for r in learned)
@@ -200,6 +220,10 @@ def stage_report(args: argparse.Namespace) -> None:
                 cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds, strict=True)]
                 lines.append(f"| {control} | " + " | ".join(cells) + " |")
         lines.append("")
+    notes = args.doc.with_name(args.doc.stem + "_investigation.md")
+    if notes.is_file():
+        link = f"[{notes.name}]({notes.name})"
+        lines += [f"What was tried to reach the target and what each change did: {link}.", ""]
     args.doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.doc}")
 

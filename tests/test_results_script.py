@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -41,3 +42,30 @@ def test_eval_and_report_stages(tmp_path):
         [sys.executable, str(SCRIPT), "--stage", "eval", *common], capture_output=True, text=True, env=env
     )
     assert again.returncode == 0 and "adanat eval" not in again.stdout
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_policy_rows_wait_for_finished_runs_and_use_the_selected_policy(tmp_path):
+    results = _load_script()
+    run = results.policy_dir(tmp_path, 4, "adversarial", 0)
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "policy").mkdir()
+    state = {"episodes": 256, "config": {"episodes": 512}}
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    assert not results.trained_policy(run).is_dir()  # unfinished: skipped by the eval stage
+    state["episodes"] = 512
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    assert results.trained_policy(run) == run / "policy"  # no selection kept: the final policy
+    (run / "best").mkdir()
+    (run / "best.json").write_text(json.dumps({"fid": 2.5, "base_fid": 3.0, "updates": 32, "images": 1000}))
+    assert results.trained_policy(run) == run / "best"
+    rows = {name: policy for name, policy, _ in results.rows(tmp_path, 4)}
+    assert rows["adanat-adversarial-seed0"] == str(run / "best")
+    text = results._selection([{"config": {"policy": str(run / "best")}}])
+    assert "`policy-t4-adversarial-seed0` update 32 (selection FID 2.50, base 3.00, 1000 images)" in text
