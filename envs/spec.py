@@ -36,7 +36,10 @@ class EnvConfig:
     :param reward: reward name (see :func:`adanat.rewards.reward_names`).
     :param base: base schedule name or JSON path; None for :func:`default_base_schedule`.
     :param observation: ``compact`` or ``full``.
-    :param action_scale: pre-activation distance of a unit action.
+    :param action_scale: pre-activation distance of a unit action. 1.0 keeps AdaNAT's exploration:
+        its std 0.6 is in pre-activation units (on ``shapes`` at T=4, 2.0 doubled that, and the
+        policy's FID drifted above its base schedule's at every evaluation;
+        ``docs/results_investigation.md``).
     :param preset: model preset to load instead of the world's own (tests use ``tiny``).
     :param generator: generator weights (ImageNet worlds; ``shapes`` ships its own).
     :param tokenizer: tokenizer weights (ImageNet worlds).
@@ -47,7 +50,7 @@ class EnvConfig:
     reward: str = "adversarial"
     base: str | None = None
     observation: str = "compact"
-    action_scale: float = 2.0
+    action_scale: float = 1.0
     preset: str | None = None
     generator: Path | None = None
     tokenizer: Path | None = None

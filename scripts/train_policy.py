@@ -46,7 +46,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reward", default="adversarial", choices=reward_names())
     p.add_argument("--base", default=None, help="base schedule name or JSON (default: the AutoNAT baseline)")
     p.add_argument("--observation", default="compact", choices=["compact", "full"])
-    p.add_argument("--action-scale", type=float, default=2.0)
+    p.add_argument(
+        "--action-scale",
+        type=float,
+        default=EnvConfig.action_scale,
+        help=f"pre-activation distance of a unit action (default {EnvConfig.action_scale})",
+    )
     p.add_argument("--lr", type=float, default=DEFAULT.learning_rate)
     p.add_argument(
         "--action-std",
