@@ -161,7 +161,10 @@ def stage_report(args: argparse.Namespace) -> None:
         f"vs {args.n} held-out images, seed 0, metric-network feature space through torch-fidelity). "
         "Learned policies: mean ± std over the training seeds named in the row, each evaluated with "
         "its mean action at the update its run selected (lowest FID of 1,000 images of the "
-        "`reference` split, a split apart from the held-out one used here).",
+        "`reference` split, a split apart from the held-out one used here). ms/img is wall time on "
+        "the machine as it was during the run (other jobs may have shared it). GFLOPs/img counts the "
+        "generator's forward passes (both guidance branches, every step); a policy adds under 1% "
+        "of that on `shapes` (docs/performance.md).",
         "",
     ]
     for steps in STEPS:
@@ -196,6 +199,12 @@ def stage_report(args: argparse.Namespace) -> None:
         lines.append("")
         for group in (g for g in reports if g.startswith("AdaNAT")):
             lines.append(f"{group}: {_selection(reports[group])}")
+            if "classifier" in group:
+                lines.append(
+                    "The classifier reward is the metric network's log-probability of the class, and "
+                    "FID here is measured in that same network's features: this row's FID is not an "
+                    "independent measure of the policy."
+                )
             lines.append("")
         if learned:
             fid = statistics.mean(r["metrics"]["frechet_inception_distance"] for r in learned)
