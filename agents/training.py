@@ -57,6 +57,8 @@ class PolicyTraining:
     :param episodes_per_update: episodes per PPO rollout (a multiple of ``num_envs``).
     :param select_fid: images per FID at each evaluation; the policy with the lowest FID so far is
         exported to ``best/`` (AdaNAT's model selection). 0 turns selection off.
+    :param action_cost: reward cost per step of ``mean(action**2)``, the squared distance from
+        the base schedule (:class:`~adanat.envs.action_cost.ActionCost`); 0 (AdaNAT) is off.
     :param fid_reference: ``fid_stats.npz`` (Inception ``mu``/``sigma``) for ImageNet worlds;
         ``shapes`` uses its ``reference`` split in the metric network's space.
     :param inception: torch-fidelity Inception-v3 weights for ImageNet worlds (default: its cache).
@@ -74,6 +76,7 @@ class PolicyTraining:
     ent_coef: float = 0.0
     max_grad_norm: float = 0.5
     std_schedule: tuple[tuple[int, float], ...] = ((0, 0.6), (500, 0.3))
+    action_cost: float = 0.0
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     eval_every: int = 16
     eval_episodes: int = 128
@@ -106,6 +109,8 @@ class PolicyTraining:
             raise ValueError(
                 f"action std schedule must start at update 0, rise in updates, have stds > 0: {steps}"
             )
+        if not self.action_cost >= 0:
+            raise ValueError(f"action-cost must be >= 0, got {self.action_cost}")
         if self.select_fid == 1 or self.select_fid < 0:
             raise ValueError(f"select-fid must be 0 (off) or >= 2 images, got {self.select_fid}")
         if self.env.steps < 2:
@@ -154,8 +159,8 @@ class PolicyTrainer:
         self.models = load_env_models(env, device)
         self.core = build_core(env, cfg.num_envs, device, self.models)
         self.reward = self.core.reward
-        self.monitor = make_vec_env(self.core, cfg.seed)
-        self.venv: NATVecEnv = self.monitor.venv  # type: ignore[assignment]
+        self.monitor = make_vec_env(self.core, cfg.seed, cfg.action_cost)
+        self.venv: NATVecEnv = self.monitor.unwrapped  # type: ignore[assignment]
         self.model = PPO(
             "MultiInputPolicy",
             self.monitor,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from adanat.envs.action_cost import ActionCost
 from adanat.envs.core import Finished, NATCore
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
@@ -93,6 +94,11 @@ class NATVecEnv(VecEnv):
         return list(indices)
 
 
-def make_vec_env(core: NATCore, seed: int = 0) -> VecMonitor:
-    """A :class:`NATVecEnv` with SB3's episode statistics (``VecMonitor``)."""
-    return VecMonitor(NATVecEnv(core, seed))
+def make_vec_env(core: NATCore, seed: int = 0, action_cost: float = 0.0) -> VecMonitor:
+    """A :class:`NATVecEnv` with SB3's episode statistics (``VecMonitor``); with ``action_cost``
+    > 0 the rewards first pay for the distance from the base schedule
+    (:class:`~adanat.envs.action_cost.ActionCost`). ``.unwrapped`` is the :class:`NATVecEnv`."""
+    venv: VecEnv = NATVecEnv(core, seed)
+    if action_cost > 0:
+        venv = ActionCost(venv, action_cost)
+    return VecMonitor(venv)

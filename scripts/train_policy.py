@@ -63,6 +63,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         + ", AdaNAT's)",
     )
     p.add_argument(
+        "--action-cost",
+        type=float,
+        default=DEFAULT.action_cost,
+        help="reward cost per step of mean(action^2), the distance from the base schedule (default 0: off)",
+    )
+    p.add_argument(
         "--disc-updates",
         type=int,
         default=None,
@@ -158,6 +164,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
         std_schedule=a.action_std,
+        action_cost=a.action_cost,
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,
         save_every=a.save_every,

@@ -6,7 +6,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from adanat.envs import NATEnv, NATVecEnv, make_vec_env
+from adanat.envs import ActionCost, NATEnv, NATVecEnv, make_vec_env
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from conftest import tiny_core
@@ -160,3 +160,28 @@ def test_default_base_schedule_is_the_searched_one_where_it_ships():
     assert default_base_schedule("shapes", 8).name == "autonat-l-t8"  # none searched yet: published
     other = default_base_schedule("shapes", 6)  # nothing searched or published: the world's ENAT
     assert other.name == "enat" and other == load_schedule("enat", 6, variant="shapes")
+
+
+def test_action_cost_pays_for_the_distance_from_the_base_at_every_step():
+    actions = [
+        np.array([[0.5, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+        np.array([[2.0, 0.0, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2]], np.float32),  # 2.0 is clipped to 1
+    ]
+    cost = 0.5
+    plain = make_vec_env(tiny_core(2, steps=2), seed=0)
+    paid = make_vec_env(tiny_core(2, steps=2), seed=0, action_cost=cost)
+    assert isinstance(paid.unwrapped, NATVecEnv) and isinstance(paid.venv, ActionCost)
+    plain.reset(), paid.reset()
+    totals = np.zeros(2)
+    for a in actions:
+        _, r0, _, _ = plain.step(a)
+        _, r1, dones, infos = paid.step(a)
+        expected = r0 - cost * np.square(np.clip(a, -1, 1)).mean(axis=1)  # (2,)
+        np.testing.assert_allclose(r1, expected, rtol=1e-6)
+        totals += r1
+    # the episode's return (VecMonitor's record) is the final reward minus the costs of every step
+    assert dones.all()
+    np.testing.assert_allclose(totals, r0 - [0.5 * (1.25 / 4 + 1 / 4), 0.5 * 0.04], rtol=1e-5)
+    assert infos[0]["episode"]["r"] == pytest.approx(totals[0], rel=1e-5)
+    with pytest.raises(ValueError, match="action cost must be >= 0"):
+        ActionCost(plain.unwrapped, -1.0)
