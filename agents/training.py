@@ -128,6 +128,22 @@ class PolicyTraining:
         return math.ceil(self.episodes / self.episodes_per_update)
 
 
+def parse_std_schedule(text: str, updates: int) -> tuple[tuple[int, float], ...]:
+    """``"0:0.6,25%:0.3"`` -> ``((0, 0.6), (32, 0.3))`` in a 128-update run: the exploration std
+    from each PPO update on, where ``P%`` is that share of the run's ``updates`` (rounded down)."""
+    out = []
+    for item in text.split(","):
+        at, _, std = item.partition(":")
+        try:
+            share = float(at[:-1]) / 100 if at.endswith("%") else None
+            update = int(share * updates) if share is not None else int(at)
+            out.append((update, float(std)))
+        except ValueError:
+            msg = f"expected UPDATE:STD,... such as 0:0.6,500:0.3 or 0:0.6,50%:0.3, got {text!r}"
+            raise ValueError(msg) from None
+    return tuple(out)
+
+
 def checkpoint_folder(run_dir: Path) -> Path:
     """The run's complete checkpoint: ``checkpoint/``, or ``checkpoint.old`` after a crash while
     a new checkpoint was being swapped in."""

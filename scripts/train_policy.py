@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from adanat.agents.callbacks import NonFiniteError
-from adanat.agents.training import PolicyTrainer, PolicyTraining, checkpoint_folder, training_from_dict
+from adanat.agents.training import (
+    PolicyTrainer,
+    PolicyTraining,
+    checkpoint_folder,
+    parse_std_schedule,
+    training_from_dict,
+)
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardError, RewardOptions, reward_names
@@ -55,12 +62,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=DEFAULT.learning_rate)
     p.add_argument(
         "--action-std",
-        type=std_schedule,
-        default=DEFAULT.std_schedule,
+        type=std_spec,
+        default=",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule),
         metavar="U:STD,..",
-        help="exploration std from PPO update U on (default "
-        + ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule)
-        + ", AdaNAT's)",
+        help="exploration std from PPO update U on; U may be a share of the run, P%% "
+        "(default: %(default)s, AdaNAT's)",
     )
     p.add_argument(
         "--action-cost",
@@ -110,13 +116,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def std_schedule(text: str) -> tuple[tuple[int, float], ...]:
-    """``"0:0.6,500:0.3"`` -> ``((0, 0.6), (500, 0.3))``: the std from each update on."""
+def std_spec(text: str) -> str:
+    """Checks the form of ``--action-std`` (``P%`` entries are resolved once the run's length is
+    known)."""
     try:
-        return tuple((int(u), float(v)) for u, v in (item.split(":") for item in text.split(",")))
-    except ValueError:
-        msg = f"expected UPDATE:STD,... such as 0:0.6,500:0.3, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+        parse_std_schedule(text, 1)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def disc_updates(world: str) -> int:
@@ -157,13 +164,15 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         tokenizer=a.tokenizer,
         reward_options=options,
     )
+    episodes = a.episodes or DEFAULT.episodes
+    updates = math.ceil(episodes / a.episodes_per_update) if a.episodes_per_update > 0 else 1
     return PolicyTraining(
         env=env,
-        episodes=a.episodes or DEFAULT.episodes,
+        episodes=episodes,
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
-        std_schedule=a.action_std,
+        std_schedule=parse_std_schedule(a.action_std, updates),
         action_cost=a.action_cost,
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from adanat.agents.callbacks import NonFiniteError, std_at
 from adanat.agents.export import PolicyController, load_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.agents.training import PolicyTrainer, PolicyTraining
+from adanat.agents.training import PolicyTrainer, PolicyTraining, parse_std_schedule
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.registry import _REGISTRY, register
 from conftest import random_enat
@@ -68,6 +69,12 @@ def test_extractor_takes_any_grid_and_starts_as_plain_layer_norm(grid):
 def test_std_schedule():
     sched = ((0, 0.6), (500, 0.3))
     assert std_at(sched, 0) == 0.6 and std_at(sched, 499) == 0.6 and std_at(sched, 500) == 0.3
+    # a share of the run resolves against its length (rounded down)
+    assert parse_std_schedule("0:0.6,25%:0.3", 128) == ((0, 0.6), (32, 0.3))
+    assert parse_std_schedule("0:0.6,50%:0.3,90%:0.1", 15) == ((0, 0.6), (7, 0.3), (13, 0.1))
+    assert parse_std_schedule("0:0.6,500:0.3", 128) == sched
+    with pytest.raises(ValueError, match=re.escape("0:0.6,50%:0.3, got '0:0.6,a%:1'")):
+        parse_std_schedule("0:0.6,a%:1", 128)
 
 
 def test_untrained_policy_is_the_base_schedule_and_std_follows_its_schedule(tiny_weights, tmp_path):
@@ -142,7 +149,7 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     common = ["--preset", "tiny", "--generator", str(gen), "--tokenizer", str(tok), "--steps", "2"]
     run = tmp_path / "run"
     args = [*common, "--num-envs", "4", "--episodes-per-update", "8", "--episodes", "16", "--eval-every", "2"]
-    args += ["--select-fid", "12", "--action-std", "0:0.5,1:0.25", "--action-cost", "0.1"]
+    args += ["--select-fid", "12", "--action-std", "0:0.5,50%:0.25", "--action-cost", "0.1"]
     res = _run(script, *args, "--eval-episodes", "10", "--run-dir", str(run), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "base schedule" in res.stdout and "learned policy" in res.stdout
@@ -249,7 +256,7 @@ def test_bad_fid_selection_is_one_clear_line(tiny_weights, tmp_path):
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--action-std", "0:0.6,500", "expected UPDATE:STD,... such as 0:0.6,500:0.3, got '0:0.6,500'"),
+        ("--action-std", "0:0.6,500", "such as 0:0.6,500:0.3 or 0:0.6,50%:0.3, got '0:0.6,500'"),
         ("--action-std", "10:0.6", "action std schedule must start at update 0"),
         ("--action-std", "0:0.6,0:0.3", "action std schedule must start at update 0, rise in updates"),
         ("--action-std", "0:0", "have stds > 0"),
