@@ -23,6 +23,7 @@ class ConvDiscriminatorConfig:
     widths: tuple[int, ...] = (32, 64, 128, 128)
     num_classes: int = 10
     spectral_norm: bool = False  # with it, logits stay near 0 and learning at lr 1e-4 is slow
+    group: int = 0  # images per minibatch-std group (0: off); see ConvDiscriminator
 
 
 class ConvDiscriminator(nn.Module):
@@ -33,6 +34,12 @@ class ConvDiscriminator(nn.Module):
     ``w . phi + embed(label) . phi / sqrt(C)``. An earlier version gave one logit per location of
     an 8 x 8 map, each seeing an 11-pixel window: a policy could then raise its reward with
     crisp local edges while the shape, and so the class, got worse (FID doubled on ``shapes``).
+
+    With ``config.group = G`` the last map gains one channel, the mean std of its features over
+    each group of G consecutive images (Karras et al. 2018, minibatch standard deviation): an image's
+    logit then also depends on how varied its group is, so a set that lost variety is visible to
+    the discriminator even where each image alone looks real. The group shrinks to ``gcd(B, G)``
+    for batches that ``G`` does not divide.
     """
 
     def __init__(self, config: ConvDiscriminatorConfig, image_size: int = 32) -> None:
@@ -46,17 +53,31 @@ class ConvDiscriminator(nn.Module):
             layers += [sn(nn.Conv2d(c_in, c, 3, stride, 1)), nn.LeakyReLU(0.2)]
             c_in, side = c, (side - 1) // stride + 1
         self.body = nn.Sequential(*layers)
-        self.read = sn(nn.Linear(c_in * side * side, c_in))
+        extra = 1 if config.group else 0
+        self.read = sn(nn.Linear((c_in + extra) * side * side, c_in))
         self.out = sn(nn.Linear(c_in, 1))
         self.embed = nn.Embedding(config.num_classes, c_in)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
         """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
-        h = self.body(images * 2 - 1).flatten(1)  # (B, C * h * w)
+        h = self.body(images * 2 - 1)  # (B, C, h, w)
+        if self.config.group:
+            h = torch.cat([h, group_std(h, self.config.group)], 1)  # (B, C + 1, h, w)
+        h = h.flatten(1)  # (B, (C [+ 1]) * h * w)
         phi = F.leaky_relu(self.read(h), 0.2)  # (B, C)
         proj = (phi * self.embed(labels)).sum(1, keepdim=True) / math.sqrt(phi.shape[1])  # (B, 1)
         return self.out(phi) + proj  # (B, 1)
+
+
+def group_std(h: Tensor, group: int) -> Tensor:
+    """The minibatch-std channel ``(B, 1, h, w)`` of a feature map ``(B, C, h, w)``: each
+    image's value is the std of every feature over its group of ``gcd(B, group)`` consecutive
+    images, averaged over features."""
+    b, _, hh, ww = h.shape
+    g = math.gcd(b, group)
+    std = h.view(b // g, g, -1).var(1, unbiased=False).add(1e-8).sqrt().mean(1)  # (B / g,)
+    return std.repeat_interleave(g)[:, None, None, None].expand(b, 1, hh, ww)  # (B, 1, h, w)
 
 
 class _Head(nn.Module):

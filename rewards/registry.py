@@ -25,6 +25,8 @@ class RewardOptions:
     :param clip_model: open-clip architecture name for the ``clip`` reward.
     :param clip_weights: its weights file.
     :param prompt: the ``clip`` prompt template.
+    :param minibatch_std: images per minibatch-std group of the ``shapes`` discriminator
+        (:func:`~adanat.rewards.discriminators.group_std`); 0 (AdaNAT) is off.
     """
 
     discriminator: DiscriminatorTraining = field(default_factory=DiscriminatorTraining)
@@ -33,6 +35,11 @@ class RewardOptions:
     clip_model: str = "ViT-B-32"
     clip_weights: Path | None = None
     prompt: str = "a photo of a {}"
+    minibatch_std: int = 0
+
+    def __post_init__(self) -> None:
+        if self.minibatch_std == 1 or self.minibatch_std < 0:
+            raise ValueError(f"minibatch-std must be 0 (off) or >= 2 images, got {self.minibatch_std}")
 
 
 Builder = Callable[[str, RewardOptions, torch.device], Reward]
@@ -80,13 +87,15 @@ def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Re
 
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global state untouched
             torch.manual_seed(options.discriminator.seed)
-            disc = ConvDiscriminator(ConvDiscriminatorConfig()).to(device)
+            disc = ConvDiscriminator(ConvDiscriminatorConfig(group=options.minibatch_std)).to(device)
         return AdversarialReward(disc, ShapesReal(), options.discriminator)
     from adanat.rewards.discriminators import ProjectedDiscriminator, dino_backbone
     from adanat.rewards.real_images import ImageFolderReal
 
     from adanat.presets import world_preset
 
+    if options.minibatch_std:
+        raise RewardError("--minibatch-std exists for the shapes discriminator only")
     if options.real_images is None:
         raise RewardError(
             f"the adversarial reward on {world} needs --real-images DIR (ImageNet train folder)"

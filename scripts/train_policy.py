@@ -81,6 +81,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="discriminator updates per round (default: shapes 20, else 5)",
     )
     p.add_argument(
+        "--minibatch-std",
+        type=int,
+        default=0,
+        metavar="G",
+        help="the shapes discriminator also sees its features' std over groups of G images (default 0: off)",
+    )
+    p.add_argument(
         "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
     )
     p.add_argument("--eval-episodes", type=int, default=DEFAULT.eval_episodes)
@@ -151,6 +158,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         dino=a.dino,
         clip_model=a.clip_model,
         clip_weights=a.clip_weights,
+        minibatch_std=a.minibatch_std,
     )
     env = EnvConfig(
         world=a.env,

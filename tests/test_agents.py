@@ -150,12 +150,14 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     run = tmp_path / "run"
     args = [*common, "--num-envs", "4", "--episodes-per-update", "8", "--episodes", "16", "--eval-every", "2"]
     args += ["--select-fid", "12", "--action-std", "0:0.5,50%:0.25", "--action-cost", "0.1"]
+    args += ["--minibatch-std", "4"]
     res = _run(script, *args, "--eval-episodes", "10", "--run-dir", str(run), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "base schedule" in res.stdout and "learned policy" in res.stdout
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["rollouts"] == 2 and state["num_timesteps"] == 32
     assert state["config"]["std_schedule"] == [[0, 0.5], [1, 0.25]] and state["config"]["action_cost"] == 0.1
+    assert state["config"]["env"]["reward_options"]["minibatch_std"] == 4
     tags = _events(run / "tb")
     expected = (
         "rollout/ep_rew_mean train/loss train/exploration_std reward/mean reward/std disc/loss disc/accuracy "
@@ -261,6 +263,7 @@ def test_bad_fid_selection_is_one_clear_line(tiny_weights, tmp_path):
         ("--action-std", "0:0.6,0:0.3", "action std schedule must start at update 0, rise in updates"),
         ("--action-std", "0:0", "have stds > 0"),
         ("--action-cost", "-0.5", "action-cost must be >= 0, got -0.5"),
+        ("--minibatch-std", "1", "minibatch-std must be 0 (off) or >= 2 images, got 1"),
     ],
 )
 def test_bad_exploration_settings_are_one_clear_line(tiny_weights, tmp_path, flag, value, message):

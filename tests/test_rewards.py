@@ -13,8 +13,10 @@ from adanat.rewards.discriminators import (
     ConvDiscriminatorConfig,
     ProjectedDiscriminator,
     dino_backbone,
+    group_std,
 )
 from adanat.rewards.real_images import ShapesReal
+from adanat.rewards.registry import RewardOptions
 from conftest import tiny_reward
 from safetensors.torch import save_file
 
@@ -32,6 +34,10 @@ def test_registry_names_and_errors():
         make_reward("clip", "shapes")
     with pytest.raises(RewardError, match="--real-images"):
         make_reward("adversarial", "in256")
+    with pytest.raises(RewardError, match="shapes discriminator only"):
+        make_reward("adversarial", "in256", RewardOptions(minibatch_std=4))
+    with pytest.raises(ValueError, match=r"minibatch-std must be 0 \(off\) or >= 2 images, got 1"):
+        RewardOptions(minibatch_std=1)
 
 
 def test_shapes_adversarial_reward_shape_range_and_protocols():
@@ -103,6 +109,52 @@ def test_conv_discriminator_judges_the_whole_image():
         )
     assert disc(real[:2], labels[:2]).shape == (2, 1)
     assert acc > 0.95
+
+
+def _collapse_accuracy(group: int) -> float:
+    """Accuracy of a discriminator trained on varied real dots against fakes that are each a
+    real-looking dot image but come in groups of 4 copies (a set without variety)."""
+    torch.manual_seed(0)
+    disc = ConvDiscriminator(ConvDiscriminatorConfig(widths=(8, 16, 32), group=group))
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(32, dtype=torch.long)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return _dot_images(32, True, g), _dot_images(8, True, g).repeat_interleave(4, 0)
+
+    for _ in range(100):
+        real, fake = batch()
+        loss = F.softplus(-disc(real, labels)).mean() + F.softplus(disc(fake, labels)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        real, fake = batch()
+        hits = (disc(real, labels) > 0).float().mean() + (disc(fake, labels) < 0).float().mean()
+    return 0.5 * hits.item()
+
+
+def test_minibatch_std_makes_lost_variety_visible():
+    h = torch.arange(2 * 4 * 3, dtype=torch.float).view(4, 2, 3, 1)  # (B, C, h, w)
+    h[2:] = 5.0  # the second group of two is all alike
+    s = group_std(h, 2)
+    assert s.shape == (4, 1, 3, 1)
+    torch.testing.assert_close(s[:2], torch.full((2, 1, 3, 1), 3.0))  # |x1 - x0| / 2 = 6 / 2
+    assert s[2:].max() < 1e-3
+    assert group_std(h[:3], 2).shape == (3, 1, 3, 1)  # 2 does not divide 3: groups of one
+    # an image's logit depends on its group mates only
+    torch.manual_seed(0)
+    disc = ConvDiscriminator(ConvDiscriminatorConfig(widths=(8, 16), group=4)).eval()
+    x, labels = torch.rand(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)
+    y = x.clone()
+    y[1] = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        a, b = disc(x, labels)[:, 0], disc(y, labels)[:, 0]
+    assert (a[0] - b[0]).abs() > 1e-6 and torch.equal(a[4:], b[4:])
+    # copies of individually real-looking images: caught only with the group feature
+    assert _collapse_accuracy(group=4) > 0.95
+    assert _collapse_accuracy(group=0) < 0.7
 
 
 def _tiny_vit():
