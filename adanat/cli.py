@@ -415,7 +415,9 @@ def cmd_search(args: SearchArgs) -> int:
         )
 
     per_update = 4 * steps - 1
-    done = state.update * per_update + (state.base_fid is not None) + len(state.probes)
+    total = args.updates * per_update
+    # measurements past a smaller budget (a search resumed with fewer updates) count as done
+    done = min(total, state.update * per_update + (state.base_fid is not None) + len(state.probes))
     columns = (
         TextColumn("search"),
         BarColumn(),
@@ -424,7 +426,7 @@ def cmd_search(args: SearchArgs) -> int:
         TextColumn("{task.fields[info]}"),
     )
     with Progress(*columns) as progress:
-        task = progress.add_task("search", total=args.updates * per_update, completed=done, info="")
+        task = progress.add_task("search", total=total, completed=done, info="")
 
         def on_fid(what: str, value: float) -> None:
             progress.update(task, advance=1, info=f"{what}: FID {value:.3f}")

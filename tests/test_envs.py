@@ -157,7 +157,8 @@ def test_default_base_schedule_is_the_searched_one_where_it_ships():
     from adanat.envs import default_base_schedule
 
     assert default_base_schedule("shapes", 4).name == "autonat-shapes-t4"  # searched for shapes
-    assert default_base_schedule("shapes", 8).name == "autonat-l-t8"  # none searched yet: published
+    assert default_base_schedule("shapes", 8).name == "autonat-shapes-t8"
+    assert default_base_schedule("in256", 8).name == "autonat-l-t8"  # ImageNet: the published one
     other = default_base_schedule("shapes", 6)  # nothing searched or published: the world's ENAT
     assert other.name == "enat" and other == load_schedule("enat", 6, variant="shapes")
 

@@ -26,10 +26,10 @@ def test_eval_and_report_stages(tmp_path):
     # fixed schedules are evaluated; searched schedules and policies not there yet are skipped
     assert sorted(p.name for p in (work / "eval").iterdir()) == [
         "t4-autonat-shapes-t4.json", "t4-cosine.json", "t4-enat.json", "t8-autonat-l-t8.json",
-        "t8-cosine.json", "t8-enat.json",
+        "t8-autonat-shapes-t8.json", "t8-cosine.json", "t8-enat.json",
     ]  # fmt: skip
     assert "skipping adanat-adversarial-seed0 at T=4" in outputs["eval"]
-    assert "skipping autonat-shapes-t8 at T=8" in outputs["eval"]
+    assert "skipping adanat-classifier-seed0 at T=8" in outputs["eval"]
     report = json.loads((work / "eval" / "t8-enat.json").read_text())
     assert report["config"]["n"] == 20 and report["config"]["steps"] == 8
     text = doc.read_text()
