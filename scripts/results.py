@@ -153,6 +153,38 @@ def _selection(reports: list[dict]) -> str:
     return "evaluated policies: " + "; ".join(parts) + "."
 
 
+def _settings(reports: list[dict]) -> str:
+    """The training settings of the runs behind a policy row (from their saved configuration),
+    once if the seeds share them."""
+    seen = []
+    for rep in reports:
+        state = Path(rep["config"]["policy"]).parent / "checkpoint" / "state.json"
+        if not state.is_file():
+            continue
+        cfg = json.loads(state.read_text())["config"]
+        reward = cfg["env"]["reward_options"]
+        updates = -(-cfg["episodes"] // cfg["episodes_per_update"])
+        stds = [
+            f"{std} from update {u}" + (" (not reached)" if u >= updates else "")
+            for u, std in cfg["std_schedule"]
+        ]
+        parts = [
+            f"{cfg['episodes']:,} episodes ({updates} PPO updates)",
+            f"action scale {cfg['env']['action_scale']}",
+            f"exploration std {', '.join(stds)}",
+            f"action cost {cfg.get('action_cost', 0.0)}",
+        ]
+        text = ", ".join(parts)
+        if cfg["env"]["reward"] == "adversarial":
+            text += (
+                f", {reward['discriminator']['updates_per_round']} discriminator updates a round, "
+                f"minibatch-std groups {reward.get('minibatch_std', 0) or 'off'}"
+            )
+        if text not in seen:
+            seen.append(text)
+    return "training settings: " + "; ".join(seen) + "." if seen else ""
+
+
 def stage_report(args: argparse.Namespace) -> None:
     lines = [
         "# Results on `shapes`",
@@ -198,7 +230,7 @@ def stage_report(args: argparse.Namespace) -> None:
         learned = reports.get("AdaNAT, adversarial reward")
         lines.append("")
         for group in (g for g in reports if g.startswith("AdaNAT")):
-            lines.append(f"{group}: {_selection(reports[group])}")
+            lines.append(f"{group}: {_selection(reports[group])} {_settings(reports[group])}".rstrip())
             if "classifier" in group:
                 lines.append(
                     "The classifier reward is the metric network's log-probability of the class, and "

@@ -69,3 +69,35 @@ def test_policy_rows_wait_for_finished_runs_and_use_the_selected_policy(tmp_path
     assert rows["adanat-adversarial-seed0"] == str(run / "best")
     text = results._selection([{"config": {"policy": str(run / "best")}}])
     assert "`policy-t4-adversarial-seed0` update 32 (selection FID 2.50, base 3.00, 1000 images)" in text
+
+
+def test_policy_rows_name_their_training_settings(tmp_path):
+    results = _load_script()
+    config = {
+        "env": {
+            "reward": "adversarial",
+            "action_scale": 1.0,
+            "reward_options": {"discriminator": {"updates_per_round": 20}, "minibatch_std": 4},
+        },
+        "episodes": 16384,
+        "episodes_per_update": 128,
+        "std_schedule": [[0, 0.6], [32, 0.3], [500, 0.1]],
+        "action_cost": 0.0,
+    }
+    reports = []
+    for seed in (0, 1):
+        run = results.policy_dir(tmp_path, 4, "adversarial", seed)
+        (run / "checkpoint").mkdir(parents=True)
+        (run / "checkpoint" / "state.json").write_text(json.dumps({"episodes": 16384, "config": config}))
+        reports.append({"config": {"policy": str(run / "best")}})
+    text = results._settings(reports)  # the seeds share their settings: named once
+    assert text == (
+        "training settings: 16,384 episodes (128 PPO updates), action scale 1.0, exploration std 0.6 "
+        "from update 0, 0.3 from update 32, 0.1 from update 500 (not reached), action cost 0.0, "
+        "20 discriminator updates a round, minibatch-std groups 4."
+    )
+    config["env"] = {**config["env"], "reward": "classifier"}
+    state = results.policy_dir(tmp_path, 4, "adversarial", 1) / "checkpoint" / "state.json"
+    state.write_text(json.dumps({"episodes": 16384, "config": config}))
+    first, second = results._settings(reports).split("; ")  # they differ now: both named
+    assert "discriminator" in first and "discriminator" not in second and second.endswith("action cost 0.0.")
