@@ -182,7 +182,7 @@ def _settings(reports: list[dict]) -> str:
             )
         if text not in seen:
             seen.append(text)
-    return "training settings: " + "; ".join(seen) + "." if seen else ""
+    return "Training settings: " + "; ".join(seen) + "." if seen else ""
 
 
 def stage_report(args: argparse.Namespace) -> None:

@@ -92,7 +92,7 @@ def test_policy_rows_name_their_training_settings(tmp_path):
         reports.append({"config": {"policy": str(run / "best")}})
     text = results._settings(reports)  # the seeds share their settings: named once
     assert text == (
-        "training settings: 16,384 episodes (128 PPO updates), action scale 1.0, exploration std 0.6 "
+        "Training settings: 16,384 episodes (128 PPO updates), action scale 1.0, exploration std 0.6 "
         "from update 0, 0.3 from update 32, 0.1 from update 500 (not reached), action cost 0.0, "
         "20 discriminator updates a round, minibatch-std groups 4."
     )
