@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -172,15 +171,12 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         tokenizer=a.tokenizer,
         reward_options=options,
     )
-    episodes = a.episodes or DEFAULT.episodes
-    updates = math.ceil(episodes / a.episodes_per_update) if a.episodes_per_update > 0 else 1
-    return PolicyTraining(
+    cfg = PolicyTraining(
         env=env,
-        episodes=episodes,
+        episodes=a.episodes or DEFAULT.episodes,
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
-        std_schedule=parse_std_schedule(a.action_std, updates),
         action_cost=a.action_cost,
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,
@@ -190,6 +186,8 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         inception=str(a.inception) if a.inception else None,
         seed=a.seed,
     )
+    # shares of the run (P%) need its length, which the validated settings give
+    return replace(cfg, std_schedule=parse_std_schedule(a.action_std, cfg.updates))
 
 
 def saved_config(run_dir: Path) -> PolicyTraining:
