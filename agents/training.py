@@ -315,8 +315,18 @@ class PolicyTrainer:
         # the env: start episodes, then put the row streams and labels back as they were
         self.venv.seed(self.cfg.seed)
         self.monitor.reset()
-        for g, s in zip(self.core.generators, rng["rows"], strict=True):
-            g.set_state(s)
+        rows = rng["rows"]
+        if all(g.get_state().numel() == r.numel() for g, r in zip(self.core.generators, rows, strict=True)):
+            for g, r in zip(self.core.generators, rows, strict=True):
+                g.set_state(r)
+        else:  # saved on another kind of device: its generator states do not load here
+            seeds = np.random.SeedSequence([self.cfg.seed, int(state["rollouts"])]).generate_state(len(rows))
+            self.core.seed([int(x) for x in seeds])
+            print(
+                f"note: the checkpoint's row random streams come from another kind of device than "
+                f"{self.device}; they are re-seeded, so the run goes on but not bit for bit as it "
+                "would have there"
+            )
         self.model._last_obs = self.core.set_labels(rng["labels"])  # type: ignore[assignment]
         self.model._last_episode_starts = np.ones((self.cfg.num_envs,), dtype=bool)
         torch.set_rng_state(rng["torch"])

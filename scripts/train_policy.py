@@ -31,6 +31,10 @@ from adanat.presets import world_names
 from adanat.schedules import ScheduleError
 
 DEFAULT = PolicyTraining()
+ADANAT_ACTION_STD = ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule)
+SHAPES_ACTION_STD = "0:0.6,25%:0.3"
+SHAPES_MINIBATCH_STD = 4
+SHAPES_ACTION_COST = 0.05
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,16 +66,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--action-std",
         type=std_spec,
-        default=",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule),
+        default=None,
         metavar="U:STD,..",
         help="exploration std from PPO update U on; U may be a share of the run, P%% "
-        "(default: %(default)s, AdaNAT's)",
+        f"(default: shapes {SHAPES_ACTION_STD.replace('%', '%%')}, else {ADANAT_ACTION_STD}, AdaNAT's)",
     )
     p.add_argument(
         "--action-cost",
         type=float,
-        default=DEFAULT.action_cost,
-        help="reward cost per step of mean(action^2), the distance from the base schedule (default 0: off)",
+        default=None,
+        help="reward cost per step of mean(action^2), the distance from the base schedule "
+        f"(default: shapes {SHAPES_ACTION_COST}, else {DEFAULT.action_cost}: off)",
     )
     p.add_argument(
         "--disc-updates",
@@ -82,9 +87,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--minibatch-std",
         type=int,
-        default=0,
+        default=None,
         metavar="G",
-        help="the shapes discriminator also sees its features' std over groups of G images (default 0: off)",
+        help="the shapes discriminator also sees its features' std over groups of G images "
+        f"(default: shapes {SHAPES_MINIBATCH_STD}; 0: off)",
     )
     p.add_argument(
         "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
@@ -138,6 +144,33 @@ def disc_updates(world: str) -> int:
     return 20 if world == "shapes" else 5
 
 
+def action_std(a: argparse.Namespace) -> str:
+    """``--action-std``, else the world's default: AdaNAT's switch from 0.6 to 0.3 at update 500
+    of its 1,000, which a ``shapes`` run of about 130 updates never reaches, so there the switch
+    comes after a quarter of the run (docs/results_investigation.md, runs F and G)."""
+    if a.action_std is not None:
+        return a.action_std
+    return SHAPES_ACTION_STD if a.env == "shapes" else ADANAT_ACTION_STD
+
+
+def minibatch_std(a: argparse.Namespace) -> int:
+    """``--minibatch-std``, else 4 on ``shapes`` (the discriminator then sees a group's spread and
+    can punish a policy that collapses variety; run G of docs/results_investigation.md) and off
+    for the ImageNet worlds, whose discriminator is AdaNAT's DINO head."""
+    if a.minibatch_std is not None:
+        return a.minibatch_std
+    return SHAPES_MINIBATCH_STD if a.env == "shapes" else 0
+
+
+def action_cost(a: argparse.Namespace) -> float:
+    """``--action-cost``, else 0.05 on ``shapes``: a light pull towards the searched base schedule,
+    which kept recall near the base's at T=4 (docs/results_investigation.md, run H); off for the
+    ImageNet worlds, as in AdaNAT."""
+    if a.action_cost is not None:
+        return a.action_cost
+    return SHAPES_ACTION_COST if a.env == "shapes" else DEFAULT.action_cost
+
+
 def select_fid(a: argparse.Namespace) -> int:
     """Images per FID for model selection: ``--select-fid``, else 1,000 on ``shapes`` (about 30 s
     a evaluation on a 2-core CPU), 5,000 on ImageNet when reference statistics are given."""
@@ -157,7 +190,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         dino=a.dino,
         clip_model=a.clip_model,
         clip_weights=a.clip_weights,
-        minibatch_std=a.minibatch_std,
+        minibatch_std=minibatch_std(a),
     )
     env = EnvConfig(
         world=a.env,
@@ -177,7 +210,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
-        action_cost=a.action_cost,
+        action_cost=action_cost(a),
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,
         save_every=a.save_every,
@@ -187,7 +220,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         seed=a.seed,
     )
     # shares of the run (P%) need its length, which the validated settings give
-    return replace(cfg, std_schedule=parse_std_schedule(a.action_std, cfg.updates))
+    return replace(cfg, std_schedule=parse_std_schedule(action_std(a), cfg.updates))
 
 
 def saved_config(run_dir: Path) -> PolicyTraining:

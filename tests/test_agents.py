@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +125,53 @@ def test_non_finite_reward_stops_and_keeps_the_last_good_checkpoint(tiny_weights
         del _REGISTRY["flaky-test"]
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["rollouts"] == 2
+
+
+def test_resume_from_another_kind_of_device_reseeds_the_row_streams(tiny_weights, tmp_path, capsys):
+    cfg = tiny_training(tiny_weights)
+    run = tmp_path / "run"
+    PolicyTrainer(cfg, run).train()
+    rng_file = run / "checkpoint" / "rng.pt"
+    rng = torch.load(rng_file, weights_only=True)
+    assert all(r.numel() == torch.Generator().get_state().numel() for r in rng["rows"])
+    rng["rows"] = [torch.zeros(16, dtype=torch.uint8) for _ in rng["rows"]]  # a CUDA generator's size
+    torch.save(rng, rng_file)
+    states = []
+    for _ in range(2):
+        trainer = PolicyTrainer(replace(cfg, episodes=16), run)
+        trainer.restore()
+        assert "re-seeded" in capsys.readouterr().out
+        states.append([g.get_state() for g in trainer.core.generators])
+    assert all(torch.equal(a, b) for a, b in zip(*states, strict=True))  # the same seeds each time
+    fresh = PolicyTrainer(cfg, tmp_path / "fresh")
+    fresh.venv.seed(cfg.seed)
+    fresh.venv.reset()
+    assert len(fresh.core.generators) == len(states[0])  # not the run's first streams again:
+    assert not torch.equal(states[0][0], fresh.core.generators[0].get_state())
+    trainer.train()
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["rollouts"] == 4 and state["episodes"] == 16
+
+
+def _train_policy_module():
+    spec = importlib.util.spec_from_file_location("train_policy_script", ROOT / "scripts" / "train_policy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_policy_defaults_per_world():
+    script = _train_policy_module()
+    shapes = script.config_from_args(script.parse([]))
+    assert shapes.updates == 128 and shapes.std_schedule == ((0, 0.6), (32, 0.3))
+    assert shapes.action_cost == 0.05 and shapes.env.reward_options.minibatch_std == 4
+    imagenet = script.config_from_args(script.parse(["--env", "in256", "--episodes", "128000"]))
+    assert imagenet.std_schedule == ((0, 0.6), (500, 0.3))
+    assert imagenet.action_cost == 0.0 and imagenet.env.reward_options.minibatch_std == 0
+    chosen = ["--action-std", "0:0.5", "--action-cost", "0", "--minibatch-std", "0"]
+    own = script.config_from_args(script.parse(chosen))
+    assert own.std_schedule == ((0, 0.5),) and own.action_cost == 0.0
+    assert own.env.reward_options.minibatch_std == 0
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
