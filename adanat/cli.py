@@ -434,7 +434,8 @@ def cmd_search(args: SearchArgs) -> int:
         final = search.run_search(cfg, out, fid, models.generator.config.seq_len, on_fid)
     source = (
         f"AutoNAT search on {args.preset} at T={steps}: {args.updates} updates, {args.samples} samples per "
-        f"FID, seed {args.seed} (adanat search)"
+        f"FID, seed {args.seed}, on {device.type} (adanat search; the random streams, so the FIDs, "
+        "depend on the device type)"
     )
     sched_path, log_path = search.write_results(final, out, source)
     best = final.best or {}
