@@ -114,6 +114,7 @@ class Layout:
         self.uniform = bool((counts == self.n).all())
         self._flat = None if self.uniform else self.valid.flatten().nonzero().squeeze(1)  # (T,)
         self._row_of = None if self.uniform else torch.repeat_interleave(counts)  # (T,)
+        self._gaps = None if self.uniform else (~self.valid).flatten().nonzero().squeeze(1)  # (B*n - T,)
 
     @property
     def tokens(self) -> int:
@@ -133,26 +134,28 @@ class Layout:
         """``(T, C)`` -> ``(B, n, C)``, zero rows as padding."""
         if self.uniform:
             return x.view(self.rows, self.n, x.shape[-1])
-        out = x.new_zeros(self.rows * self.n, x.shape[-1]).index_copy_(0, self._flat, x)
+        out = x.new_empty(self.rows * self.n, x.shape[-1]).index_copy_(0, self._flat, x)
+        out.index_fill_(0, self._gaps, 0.0)  # padding only: cheaper than zeroing everything first
         return out.view(self.rows, self.n, x.shape[-1])
 
     def unpad(self, x: Tensor) -> Tensor:
         """``(B, n, C)`` -> ``(T, C)``."""
         flat = x.reshape(self.rows * self.n, x.shape[-1])
-        return flat if self.uniform else flat[self._flat]
+        return flat if self.uniform else flat.index_select(0, self._flat)
 
     def modulate(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         """adaLN modulation of packed tokens ``(T, D)`` by per-row ``(B, D)`` shift and scale."""
         if self.uniform:
             y = x.view(self.rows, self.n, -1) * (1 + scale[:, None]) + shift[:, None]  # (B, n, D)
             return y.view(x.shape)
-        return x * (1 + scale[self._row_of]) + shift[self._row_of]
+        rows = self._row_of
+        return x * (1 + scale.index_select(0, rows)) + shift.index_select(0, rows)  # (T, D)
 
     def gate(self, x: Tensor, g: Tensor) -> Tensor:
         """Packed tokens ``(T, D)`` times per-row gates ``(B, D)``."""
         if self.uniform:
             return (x.view(self.rows, self.n, -1) * g[:, None]).view(x.shape)
-        return x * g[self._row_of]
+        return x * g.index_select(0, self._row_of)  # (T, D)
 
 
 def attention_mask(query: Layout, keys: list[Layout]) -> Tensor | None:
