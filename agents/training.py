@@ -211,6 +211,7 @@ class PolicyTrainer:
         self.evaluator = PolicyEvaluator(self.core, cfg.eval_episodes, cfg.eval_seed)
         self.selection = self._fid_selection() if cfg.select_fid else None
         self.resumed = False
+        self.rows_reseeded = False  # set by restore() from a checkpoint of another device kind
         self._digests: tuple[str, str] | None = None
 
     def _fid_selection(self) -> FidSelection:
@@ -322,11 +323,7 @@ class PolicyTrainer:
         else:  # saved on another kind of device: its generator states do not load here
             seeds = np.random.SeedSequence([self.cfg.seed, int(state["rollouts"])]).generate_state(len(rows))
             self.core.seed([int(x) for x in seeds])
-            print(
-                f"note: the checkpoint's row random streams come from another kind of device than "
-                f"{self.device}; they are re-seeded, so the run goes on but not bit for bit as it "
-                "would have there"
-            )
+            self.rows_reseeded = True
         self.model._last_obs = self.core.set_labels(rng["labels"])  # type: ignore[assignment]
         self.model._last_episode_starts = np.ones((self.cfg.num_envs,), dtype=bool)
         torch.set_rng_state(rng["torch"])

@@ -252,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.resume is not None:
             state = trainer.restore()
             print(f"resuming {run_dir} at episode {state['episodes']} (update {state['rollouts']})")
+            if trainer.rows_reseeded:
+                print(
+                    "note: the checkpoint's environment random streams come from another kind of device; "
+                    "they are re-seeded, so the run goes on, though not bit for bit as it would have there"
+                )
         result = trainer.train()
     except (CheckpointError, RewardError, ScheduleError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"train_policy: error: {e}", file=sys.stderr)
