@@ -13,6 +13,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from adanat.agents.callbacks import NonFiniteError
 from adanat.agents.training import (
@@ -31,10 +32,24 @@ from adanat.presets import world_names
 from adanat.schedules import ScheduleError
 
 DEFAULT = PolicyTraining()
-ADANAT_ACTION_STD = ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule)
-SHAPES_ACTION_STD = "0:0.6,25%:0.3"
-SHAPES_MINIBATCH_STD = 4
-SHAPES_ACTION_COST = 0.05
+# Settings whose default depends on the world: AdaNAT's on ImageNet; on ``shapes``, whose runs are
+# about 130 PPO updates, what docs/results_investigation.md measured best there (runs F, G, H).
+WORLD_DEFAULTS: dict[str, dict[str, str | int | float]] = {
+    "shapes": {
+        # AdaNAT halves the std at update 500 of 1,000, which a shapes run never reaches
+        "action_std": "0:0.6,25%:0.3",
+        # the discriminator sees the spread of groups of 4 images, so lost variety costs reward
+        "minibatch_std": 4,
+        # a light pull towards the searched base schedule; it kept recall near the base's at T=4
+        "action_cost": 0.05,
+    },
+    "imagenet": {
+        "action_std": ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule),
+        "minibatch_std": 0,
+        "action_cost": DEFAULT.action_cost,
+    },
+}
+SHAPES, IMAGENET = WORLD_DEFAULTS["shapes"], WORLD_DEFAULTS["imagenet"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,15 +83,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=std_spec,
         default=None,
         metavar="U:STD,..",
-        help="exploration std from PPO update U on; U may be a share of the run, P%% "
-        f"(default: shapes {SHAPES_ACTION_STD.replace('%', '%%')}, else {ADANAT_ACTION_STD}, AdaNAT's)",
+        help="exploration std from PPO update U on; U may be a share of the run, P%% (default: shapes "
+        f"{str(SHAPES['action_std']).replace('%', '%%')}, else {IMAGENET['action_std']}, AdaNAT's)",
     )
     p.add_argument(
         "--action-cost",
         type=float,
         default=None,
         help="reward cost per step of mean(action^2), the distance from the base schedule "
-        f"(default: shapes {SHAPES_ACTION_COST}, else {DEFAULT.action_cost}: off)",
+        f"(default: shapes {SHAPES['action_cost']}, else {IMAGENET['action_cost']}: off)",
     )
     p.add_argument(
         "--disc-updates",
@@ -90,7 +105,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="G",
         help="the shapes discriminator also sees its features' std over groups of G images "
-        f"(default: shapes {SHAPES_MINIBATCH_STD}; 0: off)",
+        f"(default: shapes {SHAPES['minibatch_std']}; 0: off)",
     )
     p.add_argument(
         "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
@@ -144,31 +159,12 @@ def disc_updates(world: str) -> int:
     return 20 if world == "shapes" else 5
 
 
-def action_std(a: argparse.Namespace) -> str:
-    """``--action-std``, else the world's default: AdaNAT's switch from 0.6 to 0.3 at update 500
-    of its 1,000, which a ``shapes`` run of about 130 updates never reaches, so there the switch
-    comes after a quarter of the run (docs/results_investigation.md, runs F and G)."""
-    if a.action_std is not None:
-        return a.action_std
-    return SHAPES_ACTION_STD if a.env == "shapes" else ADANAT_ACTION_STD
-
-
-def minibatch_std(a: argparse.Namespace) -> int:
-    """``--minibatch-std``, else 4 on ``shapes`` (the discriminator then sees a group's spread and
-    can punish a policy that collapses variety; run G of docs/results_investigation.md) and off
-    for the ImageNet worlds, whose discriminator is AdaNAT's DINO head."""
-    if a.minibatch_std is not None:
-        return a.minibatch_std
-    return SHAPES_MINIBATCH_STD if a.env == "shapes" else 0
-
-
-def action_cost(a: argparse.Namespace) -> float:
-    """``--action-cost``, else 0.05 on ``shapes``: a light pull towards the searched base schedule,
-    which kept recall near the base's at T=4 (docs/results_investigation.md, run H); off for the
-    ImageNet worlds, as in AdaNAT."""
-    if a.action_cost is not None:
-        return a.action_cost
-    return SHAPES_ACTION_COST if a.env == "shapes" else DEFAULT.action_cost
+def world_default(a: argparse.Namespace, name: str) -> Any:
+    """The option ``name`` as given, else its default for the run's world (``WORLD_DEFAULTS``)."""
+    value = getattr(a, name)
+    if value is not None:
+        return value
+    return WORLD_DEFAULTS["shapes" if a.env == "shapes" else "imagenet"][name]
 
 
 def select_fid(a: argparse.Namespace) -> int:
@@ -190,7 +186,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         dino=a.dino,
         clip_model=a.clip_model,
         clip_weights=a.clip_weights,
-        minibatch_std=minibatch_std(a),
+        minibatch_std=world_default(a, "minibatch_std"),
     )
     env = EnvConfig(
         world=a.env,
@@ -210,7 +206,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         num_envs=a.num_envs,
         episodes_per_update=a.episodes_per_update,
         learning_rate=a.lr,
-        action_cost=action_cost(a),
+        action_cost=world_default(a, "action_cost"),
         eval_every=a.eval_every,
         eval_episodes=a.eval_episodes,
         save_every=a.save_every,
@@ -220,7 +216,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         seed=a.seed,
     )
     # shares of the run (P%) need its length, which the validated settings give
-    return replace(cfg, std_schedule=parse_std_schedule(action_std(a), cfg.updates))
+    return replace(cfg, std_schedule=parse_std_schedule(world_default(a, "action_std"), cfg.updates))
 
 
 def saved_config(run_dir: Path) -> PolicyTraining:

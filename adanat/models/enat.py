@@ -148,8 +148,8 @@ class Layout:
         if self.uniform:
             y = x.view(self.rows, self.n, -1) * (1 + scale[:, None]) + shift[:, None]  # (B, n, D)
             return y.view(x.shape)
-        rows = self._row_of
-        return x * (1 + scale.index_select(0, rows)) + shift.index_select(0, rows)  # (T, D)
+        row_of = self._row_of  # (T,)
+        return x * (1 + scale.index_select(0, row_of)) + shift.index_select(0, row_of)  # (T, D)
 
     def gate(self, x: Tensor, g: Tensor) -> Tensor:
         """Packed tokens ``(T, D)`` times per-row gates ``(B, D)``."""
