@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -21,6 +23,14 @@ def fixture_tensors(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch
     model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return model, rest
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of ``scripts/`` imported as a module (to test its functions without a subprocess)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_enat(config: ENATConfig, seed: int = 0) -> ENAT:

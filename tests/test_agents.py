@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.agents.training import PolicyTrainer, PolicyTraining, parse_std_schedule
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.registry import _REGISTRY, register
-from conftest import random_enat
+from conftest import load_script, random_enat
 from gymnasium import spaces
 from safetensors.torch import save_file
 
@@ -156,15 +155,8 @@ def test_resume_from_another_kind_of_device_reseeds_the_row_streams(tiny_weights
     assert state["rollouts"] == 4 and state["episodes"] == 16
 
 
-def _train_policy_module():
-    spec = importlib.util.spec_from_file_location("train_policy_script", ROOT / "scripts" / "train_policy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_policy_defaults_per_world():
-    script = _train_policy_module()
+    script = load_script(ROOT / "scripts" / "train_policy.py")
     shapes = script.config_from_args(script.parse([]))
     assert shapes.updates == 128 and shapes.std_schedule == ((0, 0.6), (32, 0.3))
     assert shapes.action_cost == 0.05 and shapes.env.reward_options.minibatch_std == 4

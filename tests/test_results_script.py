@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "results.py"
 
@@ -44,15 +45,8 @@ def test_eval_and_report_stages(tmp_path):
     assert again.returncode == 0 and "adanat eval" not in again.stdout
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_policy_rows_wait_for_finished_runs_and_use_the_selected_policy(tmp_path):
-    results = _load_script()
+    results = load_script(SCRIPT)
     run = results.policy_dir(tmp_path, 4, "adversarial", 0)
     (run / "checkpoint").mkdir(parents=True)
     (run / "policy").mkdir()
@@ -72,7 +66,7 @@ def test_policy_rows_wait_for_finished_runs_and_use_the_selected_policy(tmp_path
 
 
 def test_policy_rows_name_their_training_settings(tmp_path):
-    results = _load_script()
+    results = load_script(SCRIPT)
     config = {
         "env": {
             "reward": "adversarial",
