@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adanat.assets import asset_dir
 from adanat.cli import UsageError, resolve_device
+from adanat.pretrain.generator import PRECISIONS
 from adanat.pretrain.shapes import ALL_STAGES, STAGES, ShapesPretrainer, ShapesPretraining
 
 
@@ -64,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         "as sampling does (default 1: the published strategy)",
     )
     g.add_argument(
+        "--generator-precision",
+        choices=PRECISIONS,
+        default=None,
+        help="compute precision of forward and backward: bfloat16 autocast is about 1.6x as fast on a "
+        "CPU with AMX (default float32)",
+    )
+    g.add_argument(
         "--device", default="cpu", help="where the generator trains: cpu, cuda, cuda:1 (other stages: cpu)"
     )
     args = p.parse_args(argv)
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             ("batch_size", args.generator_batch_size),
             ("warmup", args.generator_warmup),
             ("reuse_chain", args.generator_reuse_chain),
+            ("precision", args.generator_precision),
         )
         if v is not None
     }

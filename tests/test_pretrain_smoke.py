@@ -75,7 +75,7 @@ def test_each_stage_through_the_script(tmp_path):
     first = manifest["models"]["generator"]
     args = ("--stage", "generator", "--run-dir", str(tmp_path / "more"), "--out", str(out))
     more = ("--init-generator", str(out / "generator.safetensors"), "--generator-steps", "2")
-    more += ("--generator-batch-size", "4")
+    more += ("--generator-batch-size", "4", "--generator-precision", "bfloat16")
     for _ in range(2):
         res = _run(
             *args, *more, "--generator-lr", "1e-4", "--generator-warmup", "1", "--generator-reuse-chain", "3"
@@ -86,7 +86,7 @@ def test_each_stage_through_the_script(tmp_path):
         assert entry["init"]["command"] == first["command"]
         assert entry["sha256"] != first["sha256"]
         assert "--init-generator" in entry["command"]
-        assert "--generator-batch-size 4" in entry["command"]
+        assert "--generator-batch-size 4 --generator-precision bfloat16" in entry["command"]
     assert torch.load(tmp_path / "more" / "generator" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
@@ -97,6 +97,12 @@ def test_generator_init_must_exist_and_fit(tmp_path):
     assert res.stderr.count("\n") == 1
     res = _run("--stage", "generator", *where, "--generator-steps", "0")
     assert res.returncode == 2 and "positive integer" in res.stderr
+
+
+def test_unknown_precision_is_one_line(tmp_path):
+    res = _run("--stage", "generator", "--run-dir", str(tmp_path), "--generator-precision", "fp8")
+    assert res.returncode == 2
+    assert "invalid choice: 'fp8'" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_unknown_device_is_one_line(tmp_path):

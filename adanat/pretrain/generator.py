@@ -7,19 +7,29 @@ the reuse path is trained: a random fraction ``u ~ U(0, 1)`` of the visible toke
 to form the previous step, whose features come from the EMA model without gradient.
 ``reuse_chain > 1`` (an option, off by default) builds that previous state through a chain of
 earlier steps run with reuse, as sampling does (:func:`previous_state`).
+
+``precision="bfloat16"`` runs forward and backward under bfloat16 autocast (weights, optimiser and
+EMA stay float32). On a CPU with AMX (Intel Sapphire Rapids and later) its matrix products are
+several times faster than float32 ones; attention then takes PyTorch's math kernel, because the
+fused CPU kernel's bfloat16 backward is slower than float32's (``benchmarks/pretrain.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from adanat.models.enat import ENAT, ReuseState
 from adanat.pretrain.run import GlobalRNG, TrainingRun, warmup_cosine
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,23 @@ class GeneratorTraining:
     p_uncond: float = 0.15
     reuse_prob: float = 0.5
     reuse_chain: int = 1  # EMA steps that build the previous state (1: the published strategy)
+    precision: str = "float32"  # or "bfloat16": autocast for forward and backward
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """The compute precision of a training step on ``device`` (see the module docstring)."""
+    if precision == "float32":
+        yield
+        return
+    kernel = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+    with kernel, torch.autocast(device.type, dtype=torch.bfloat16):
+        yield
 
 
 def _random_subset(rows: int, length: int, counts: Tensor, allowed: Tensor, gen: torch.Generator) -> Tensor:
@@ -108,23 +134,14 @@ def train_generator(
 ) -> ENAT:
     """Train on ``tokens`` ``(N, L)`` with ``labels`` ``(N,)``; returns the EMA model.
 
-    The model trains on its own device; batches are drawn on the CPU from one seeded generator,
-    so a run on a GPU sees the same batches, masks and reuse draws as one on the CPU. Dropout on a
-    GPU draws from the CUDA generator, which the checkpoint does not hold: a resumed GPU run
-    continues with the same data but other dropout masks.
+    The model trains on its own device (:func:`train_step`). Dropout on a GPU draws from the CUDA
+    generator, which the checkpoint does not hold: a resumed GPU run continues with the same data
+    but other dropout masks.
     """
-    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout masks inside the model
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.99),
-    )
+    opt = make_optimizer(model, cfg)
     parts = {"model": model, "ema": ema, "optimizer": opt, "generator": gen, "torch_rng": GlobalRNG()}
     run.restore(parts)
 
@@ -132,29 +149,11 @@ def train_generator(
     with run.progress("generator") as progress:
         task = progress.add_task("generator", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
-            for group in opt.param_groups:
-                group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps, 0.05)
-            idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=gen)
-            inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)  # CPU
-            targets, y = targets.to(device), y.to(device)  # (B, L), (B,)
-            prev = None
-            reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
-            if reuse:
-                prev = previous_state(ema, inputs, y, cfg, gen)
-            logits = model(inputs.to(device), y, prev).logits  # (B, L, K)
-            loss = F.cross_entropy(
-                logits.transpose(1, 2), targets, ignore_index=-100, label_smoothing=cfg.label_smoothing
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            _ema_update(ema, model, min(cfg.ema_decay, (1 + run.step) / (10 + run.step)))
+            loss, logits, targets = train_step(model, ema, opt, tokens, labels, cfg, gen, run.step)
             run.step += 1
             if run.step % 20 == 0:
-                with torch.no_grad():
-                    sel = targets != -100
-                    acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
+                sel = targets != -100  # (B, L)
+                acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
                 run.log(
                     {
                         "generator/loss": loss.item(),
@@ -166,6 +165,56 @@ def train_generator(
             progress.update(task, completed=run.step)
             run.checkpoint(parts)
     return ema
+
+
+def make_optimizer(model: ENAT, cfg: GeneratorTraining) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices except embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.99),
+    )
+
+
+def train_step(
+    model: ENAT,
+    ema: ENAT,
+    opt: torch.optim.Optimizer,
+    tokens: Tensor,
+    labels: Tensor,
+    cfg: GeneratorTraining,
+    gen: torch.Generator,
+    step: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimiser step on a batch drawn from ``tokens`` ``(N, L)`` / ``labels`` ``(N,)`` with
+    ``gen``, then the EMA update. Returns the detached ``(loss, logits (B, L, K), targets (B, L))``.
+
+    Batches are drawn on the CPU, so a run on a GPU sees the same batches, masks and reuse draws
+    as one on the CPU."""
+    device = next(model.parameters()).device
+    for group in opt.param_groups:
+        group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, 0.05)
+    idx = torch.randint(0, len(tokens), (cfg.batch_size,), generator=gen)  # (B,)
+    inputs, targets, y = masked_batch(tokens[idx], labels[idx], model, cfg, gen)  # CPU
+    targets, y = targets.to(device), y.to(device)  # (B, L), (B,)
+    prev = None
+    reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
+    with autocast(device, cfg.precision):
+        if reuse:
+            prev = previous_state(ema, inputs, y, cfg, gen)
+        logits = model(inputs.to(device), y, prev).logits.float()  # (B, L, K)
+        loss = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=-100, label_smoothing=cfg.label_smoothing
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+    return loss.detach(), logits.detach(), targets
 
 
 @torch.no_grad()
