@@ -84,8 +84,28 @@ def generator_preset_names() -> list[str]:
 
 
 @dataclass(frozen=True)
+class PolicyTrainingDefaults:
+    """Policy-training options whose default depends on the world (``scripts/train_policy.py``).
+
+    ImageNet worlds use AdaNAT's. On ``shapes``, whose runs are about 130 PPO updates, the ones
+    measured best there (docs/results_investigation.md, runs F to H): the exploration std halves
+    a quarter into the run (AdaNAT's update 500 of 1,000 is never reached), the discriminator sees
+    the spread of groups of 4 images, and a light action cost pulls towards the base schedule.
+
+    :param action_std: exploration std schedule, ``"UPDATE:STD,..."`` (``P%`` of the run allowed).
+    :param minibatch_std: group size of the discriminator's minibatch-std feature (0: off).
+    :param action_cost: reward cost per step of ``mean(action**2)`` (0: off).
+    """
+
+    action_std: str
+    minibatch_std: int
+    action_cost: float
+
+
+@dataclass(frozen=True)
 class WorldPreset:
-    """A world: a model preset, its class names, default ``T``, and where its weights come from.
+    """A world: a model preset, its class names, default ``T``, where its weights come from, and
+    its policy-training defaults.
 
     :param weights: ``package`` (shipped, verified by manifest) or ``user`` (paths given by flags
         or the environment variables ``generator_env`` / ``tokenizer_env``).
@@ -95,6 +115,7 @@ class WorldPreset:
     model: ModelPreset
     steps: int
     weights: str
+    policy_training: PolicyTrainingDefaults
     classes: tuple[str, ...] | None = None
     generator_env: str | None = None
     tokenizer_env: str | None = None
@@ -113,7 +134,10 @@ def world_preset(name: str) -> WorldPreset:
     entry = dict(_lookup("worlds", name))
     model = model_preset(entry.pop("model"))
     classes = entry.pop("classes", None)
-    return WorldPreset(name=name, model=model, classes=tuple(classes) if classes else None, **entry)
+    training = PolicyTrainingDefaults(**entry.pop("policy_training"))
+    return WorldPreset(
+        name=name, model=model, policy_training=training, classes=tuple(classes) if classes else None, **entry
+    )
 
 
 def world_names() -> list[str]:

@@ -28,28 +28,12 @@ from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardError, RewardOptions, reward_names
 
 from adanat.checkpoints import CheckpointError
-from adanat.presets import world_names
+from adanat.presets import world_names, world_preset
 from adanat.schedules import ScheduleError
 
 DEFAULT = PolicyTraining()
-# Settings whose default depends on the world: AdaNAT's on ImageNet; on ``shapes``, whose runs are
-# about 130 PPO updates, what docs/results_investigation.md measured best there (runs F, G, H).
-WORLD_DEFAULTS: dict[str, dict[str, str | int | float]] = {
-    "shapes": {
-        # AdaNAT halves the std at update 500 of 1,000, which a shapes run never reaches
-        "action_std": "0:0.6,25%:0.3",
-        # the discriminator sees the spread of groups of 4 images, so lost variety costs reward
-        "minibatch_std": 4,
-        # a light pull towards the searched base schedule; it kept recall near the base's at T=4
-        "action_cost": 0.05,
-    },
-    "imagenet": {
-        "action_std": ",".join(f"{u}:{v}" for u, v in DEFAULT.std_schedule),
-        "minibatch_std": 0,
-        "action_cost": DEFAULT.action_cost,
-    },
-}
-SHAPES, IMAGENET = WORLD_DEFAULTS["shapes"], WORLD_DEFAULTS["imagenet"]
+# options whose default depends on the world: presets.json, ``policy_training`` of each world
+SHAPES, IMAGENET = world_preset("shapes").policy_training, world_preset("in256").policy_training
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,14 +68,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="U:STD,..",
         help="exploration std from PPO update U on; U may be a share of the run, P%% (default: shapes "
-        f"{str(SHAPES['action_std']).replace('%', '%%')}, else {IMAGENET['action_std']}, AdaNAT's)",
+        f"{str(SHAPES.action_std).replace('%', '%%')}, else {IMAGENET.action_std}, AdaNAT's)",
     )
     p.add_argument(
         "--action-cost",
         type=float,
         default=None,
         help="reward cost per step of mean(action^2), the distance from the base schedule "
-        f"(default: shapes {SHAPES['action_cost']}, else {IMAGENET['action_cost']}: off)",
+        f"(default: shapes {SHAPES.action_cost}, else {IMAGENET.action_cost}: off)",
     )
     p.add_argument(
         "--disc-updates",
@@ -105,7 +89,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="G",
         help="the shapes discriminator also sees its features' std over groups of G images "
-        f"(default: shapes {SHAPES['minibatch_std']}; 0: off)",
+        f"(default: shapes {SHAPES.minibatch_std}; 0: off)",
     )
     p.add_argument(
         "--eval-every", type=int, default=DEFAULT.eval_every, help="PPO updates between evaluations"
@@ -160,11 +144,12 @@ def disc_updates(world: str) -> int:
 
 
 def world_default(a: argparse.Namespace, name: str) -> Any:
-    """The option ``name`` as given, else its default for the run's world (``WORLD_DEFAULTS``)."""
+    """The option ``name`` as given, else its default for the run's world (its preset's
+    ``policy_training``)."""
     value = getattr(a, name)
     if value is not None:
         return value
-    return WORLD_DEFAULTS["shapes" if a.env == "shapes" else "imagenet"][name]
+    return getattr(world_preset(a.env).policy_training, name)
 
 
 def select_fid(a: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from gymnasium import spaces
 from safetensors.torch import save_file
 
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.presets import model_preset
+from adanat.presets import model_preset, world_preset
 from adanat.rng import row_generators
 from adanat.sampling import ScheduleController, generate
 
@@ -167,6 +167,15 @@ def test_train_policy_defaults_per_world():
     own = script.config_from_args(script.parse(chosen))
     assert own.std_schedule == ((0, 0.5),) and own.action_cost == 0.0
     assert own.env.reward_options.minibatch_std == 0
+
+
+def test_imagenet_worlds_default_to_adanat_settings():
+    """The ImageNet worlds' policy-training presets are PolicyTraining's (AdaNAT's) defaults."""
+    adanat = PolicyTraining()
+    for name in ("in256", "in512"):
+        preset = world_preset(name).policy_training
+        assert parse_std_schedule(preset.action_std, adanat.updates) == adanat.std_schedule
+        assert preset.action_cost == adanat.action_cost and preset.minibatch_std == 0
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
