@@ -27,6 +27,7 @@ from adanat.outputs import (
     staged_dir,
     write_text_atomic,
 )
+from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, model_preset_names, world_names
 from adanat.rng import Generators, row_generators
 from adanat.sampling import Controller, ScheduleController, generate
@@ -96,6 +97,7 @@ class GenerationArgs:
     batch_size: int
     stochastic: bool = False
     no_reuse: bool = False
+    precision: str = "float32"
 
 
 @dataclass(kw_only=True)
@@ -180,6 +182,7 @@ def cmd_sample(args: SampleArgs) -> int:
                 tokenizer=tokenizer,
                 on_step=lambda _k: progress.advance(task),
                 reuse=not args.no_reuse,
+                precision=args.precision,
             )
             names = [f"{i:05d}_class{labels[i]}.png" for i in rows]
             save_images(result.images.cpu(), stage, names)
@@ -195,6 +198,7 @@ def cmd_sample(args: SampleArgs) -> int:
             **policy_info,
             "steps": steps,
             "reuse": not args.no_reuse,
+            "precision": args.precision,
             "seed": args.seed,
             "labels": labels,
             "controls": {f: trace[:, :, j].tolist() for j, f in enumerate(CONTROL_NAMES)},
@@ -290,6 +294,7 @@ def cmd_eval(args: EvalArgs) -> int:
                 class_accuracy=is_shapes,
                 on_batch=lambda b: progress.advance(task, b),
                 reuse=not args.no_reuse,
+                precision=args.precision,
             )
     finally:
         close_shard(shard)
@@ -304,6 +309,7 @@ def cmd_eval(args: EvalArgs) -> int:
             **policy_info,
             "steps": steps,
             "reuse": not args.no_reuse,
+            "precision": args.precision,
             "n": args.n,
             "seed": args.seed,
             "batch_size": args.batch_size,
@@ -501,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ENAT computation reuse off: every step re-encodes all visible tokens",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="generator and decoder in float32, or under bfloat16 autocast (GPUs; CPUs with AMX)",
+    )
 
     e = sub.add_parser(
         "eval",
@@ -531,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-reuse",
         action="store_true",
         help="ENAT computation reuse off: every step re-encodes all visible tokens",
+    )
+    e.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="generator and decoder in float32, or under bfloat16 autocast (GPUs; CPUs with AMX)",
     )
     e.add_argument(
         "--reference",

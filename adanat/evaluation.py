@@ -52,6 +52,7 @@ def sample_batches(
     batch_size: int,
     batches: Iterable[int] | None = None,
     reuse: bool = True,
+    precision: str = "float32",
 ) -> Iterator[tuple[Tensor, Generation]]:
     """``(labels, generation)`` per batch of ``n`` images with labels ``i % C``; image ``i`` uses
     row stream ``i`` of ``seed``, so the images do not depend on ``batch_size``.
@@ -60,6 +61,7 @@ def sample_batches(
         fixed schedule ignores them: ``lambda _g: controller``).
     :param batches: indices of the batches to run (default all; a shard runs its own).
     :param reuse: ENAT's computation reuse between steps (see :func:`adanat.sampling.generate`).
+    :param precision: ``float32`` or ``bfloat16`` autocast (:mod:`adanat.precision`).
     """
     device = next(generator.parameters()).device
     labels = torch.arange(n, device=device) % generator.config.num_classes  # (N,)
@@ -69,7 +71,19 @@ def sample_batches(
         gens = row_generators(seed, len(rows), device, offset=rows.start)
         batch = labels[rows.start : rows.stop]  # (b,)
         controller = make_controller(gens)
-        yield batch, generate(generator, batch, controller, steps, gens, tokenizer=tokenizer, reuse=reuse)
+        yield (
+            batch,
+            generate(
+                generator,
+                batch,
+                controller,
+                steps,
+                gens,
+                tokenizer=tokenizer,
+                reuse=reuse,
+                precision=precision,
+            ),
+        )
 
 
 @torch.no_grad()
@@ -83,11 +97,12 @@ def generate_samples(
     batch_size: int = 250,
     on_batch: Callable[[int], None] | None = None,
     reuse: bool = True,
+    precision: str = "float32",
 ) -> Samples:
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
     images, labels, traces = [], [], []
     batches = sample_batches(
-        generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size, reuse=reuse
+        generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size, None, reuse, precision
     )
     for rows, out in batches:
         images.append(to_uint8(out.images).cpu())
@@ -218,6 +233,7 @@ def evaluate_controller(
     keep_images: int = 100,
     on_batch: Callable[[int], None] | None = None,
     reuse: bool = True,
+    precision: str = "float32",
 ) -> EvalOutcome:
     """Generate ``n`` images (labels ``i % C``, image ``i`` from row stream ``i`` of ``seed``),
     this process's share of the batches only, then gather features and compute the metrics.
@@ -226,6 +242,7 @@ def evaluate_controller(
     :param class_accuracy: also report how often the feature space's logits give the label
         (``shapes``: the metric network).
     :param reuse: ENAT's computation reuse between steps (off: every step encodes every token).
+    :param precision: ``float32`` or ``bfloat16`` autocast (:mod:`adanat.precision`).
     """
     shard = shard or Shard()
     device = next(generator.parameters()).device
@@ -235,7 +252,9 @@ def evaluate_controller(
     feats, logits, traces, seconds, kept = [], [], [], [], []
     mine = shard.batches(len(bounds))
     t0 = time.perf_counter()
-    batches = sample_batches(generator, tokenizer, make_controller, n, steps, seed, batch_size, mine, reuse)
+    batches = sample_batches(
+        generator, tokenizer, make_controller, n, steps, seed, batch_size, mine, reuse, precision
+    )
     for rows, out in batches:
         seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))  # generation
         images = to_uint8(out.images)  # (b, 3, H, W)

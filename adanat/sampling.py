@@ -27,6 +27,7 @@ from torch import Tensor
 
 from adanat.models.enat import ENAT, ReuseState
 from adanat.models.vqgan import MaskGITVQGAN
+from adanat.precision import autocast
 from adanat.rng import Generators, gumbel, gumbel_packed
 from adanat.schedules import CONTROL_NAMES, Schedule
 
@@ -61,8 +62,8 @@ class GuidedForward:
 
     @property
     def features(self) -> Tensor:
-        """``(B, L, D)`` conditional-branch features (what a policy observes)."""
-        return self.cond_state.feat
+        """``(B, L, D)`` conditional-branch features (what a policy observes), float32."""
+        return self.cond_state.feat.float()
 
 
 @dataclass
@@ -82,6 +83,7 @@ def guided_forward(
     labels: Tensor,
     cond_state: ReuseState | None = None,
     uncond_state: ReuseState | None = None,
+    precision: str = "float32",
 ) -> GuidedForward:
     """One batched forward of the conditional and the unconditional branch.
 
@@ -89,13 +91,15 @@ def guided_forward(
     :param labels: ``(B,)`` class labels.
     :param cond_state: reuse state of the conditional branch (None at the first step).
     :param uncond_state: reuse state of the unconditional branch (None at the first step).
+    :param precision: ``float32`` or ``bfloat16`` (autocast; :mod:`adanat.precision`).
     """
     if (cond_state is None) != (uncond_state is None):
         raise ValueError("both branches need a reuse state, or neither")
     b = ids.shape[0]
     null = torch.full_like(labels, model.config.null_class)  # (B,)
     prev = None if cond_state is None else ReuseState.cat([cond_state, uncond_state])
-    out = model(torch.cat([ids, ids]), torch.cat([labels, null]), prev, masked_logits_only=True)
+    with autocast(ids.device, precision):
+        out = model(torch.cat([ids, ids]), torch.cat([labels, null]), prev, masked_logits_only=True)
     return GuidedForward(
         cond_logits=out.logits[:b],
         uncond_logits=out.logits[b:],
@@ -152,9 +156,10 @@ def nat_step(
     uncond_state: ReuseState | None,
     controls: Controls,
     generators: Generators,
+    precision: str = "float32",
 ) -> StepOutput:
     """One NAT step with given controls: :func:`guided_forward` then :func:`select_tokens`."""
-    fwd = guided_forward(model, ids, labels, cond_state, uncond_state)
+    fwd = guided_forward(model, ids, labels, cond_state, uncond_state, precision)
     next_ids, sampled = select_tokens(
         ids, fwd.cond_logits, fwd.uncond_logits, controls, generators, model.config.mask_id
     )
@@ -214,6 +219,13 @@ class Generation:
     num_masked: Tensor  # (B, T + 1) masked tokens before the first and after each step
 
 
+def decode_images(tokenizer: MaskGITVQGAN, ids: Tensor, precision: str = "float32") -> Tensor:
+    """Images ``(B, 3, H, W)`` in [0, 1], float32, of token grids ``ids`` ``(B, h, w)``, decoded in
+    ``precision``."""
+    with autocast(ids.device, precision):
+        return tokenizer.decode(ids).float()
+
+
 @torch.no_grad()
 def generate(
     model: ENAT,
@@ -224,6 +236,7 @@ def generate(
     tokenizer: MaskGITVQGAN | None = None,
     on_step: Callable[[int], None] | None = None,
     reuse: bool = True,
+    precision: str = "float32",
 ) -> Generation:
     """Generate one image per label in ``steps`` NAT steps.
 
@@ -236,6 +249,8 @@ def generate(
     :param on_step: called with the step index after each step (progress bars).
     :param reuse: hand each branch's features to its next step (ENAT's computation reuse);
         False re-encodes every visible token at every step.
+    :param precision: ``float32`` or ``bfloat16`` autocast of the generator and the decoder
+        (:mod:`adanat.precision`); token choices are made in float32 either way.
     """
     cfg = model.config
     b = labels.shape[0]
@@ -243,7 +258,7 @@ def generate(
     cond_state = uncond_state = None
     trace, counts = [], [(ids == cfg.mask_id).sum(dim=1)]
     for k in range(steps):
-        fwd = guided_forward(model, ids, labels, cond_state, uncond_state)
+        fwd = guided_forward(model, ids, labels, cond_state, uncond_state, precision)
         controls = final_step_controls(
             controller(GenerationState(k, steps, ids, labels, fwd.features)), k, steps
         )
@@ -258,5 +273,5 @@ def generate(
             on_step(k)
     images = None
     if tokenizer is not None:
-        images = tokenizer.decode(sampled.reshape(b, cfg.grid, cfg.grid))  # (B, 3, H, W)
+        images = decode_images(tokenizer, sampled.reshape(b, cfg.grid, cfg.grid), precision)  # (B, 3, H, W)
     return Generation(images, sampled, torch.stack(trace, 1), torch.stack(counts, 1))

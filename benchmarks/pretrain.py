@@ -22,8 +22,9 @@ import torch
 
 from adanat.cli import resolve_device
 from adanat.models.enat import ENAT
+from adanat.precision import PRECISIONS
 from adanat.presets import generator_config
-from adanat.pretrain.generator import PRECISIONS, GeneratorTraining, make_optimizer, train_step
+from adanat.pretrain.generator import GeneratorTraining, make_optimizer, train_step
 
 
 def main() -> None:

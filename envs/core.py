@@ -24,8 +24,15 @@ from torch import Tensor
 
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
+from adanat.precision import check_precision
 from adanat.rng import row_generators
-from adanat.sampling import GuidedForward, final_step_controls, guided_forward, select_tokens
+from adanat.sampling import (
+    GuidedForward,
+    decode_images,
+    final_step_controls,
+    guided_forward,
+    select_tokens,
+)
 
 
 @dataclass
@@ -57,6 +64,8 @@ class NATCore:
     :param observation: the observation form (``compact`` or ``full``).
     :param num_rows: number of rows (episodes per batch).
     :param labels: fixed class label per row; drawn uniformly per episode when None.
+    :param precision: ``float32`` or ``bfloat16`` autocast of the generator and the decoder
+        (:mod:`adanat.precision`).
     """
 
     def __init__(
@@ -68,8 +77,10 @@ class NATCore:
         observation: str,
         num_rows: int,
         labels: Tensor | None = None,
+        precision: str = "float32",
     ) -> None:
         cfg = generator.config
+        self.precision = check_precision(precision)
         self.generator, self.tokenizer, self.reward, self.mapping = (
             generator.eval(),
             tokenizer.eval(),
@@ -114,7 +125,7 @@ class NATCore:
         self.ids = torch.full((self.num_rows, cfg.seq_len), cfg.mask_id, dtype=torch.long, device=self.device)
         self.controls = torch.zeros(self.num_rows, self.steps, 4, device=self.device)  # (N, T, 4)
         self.step_index = 0
-        self._fwd = guided_forward(self.generator, self.ids, self.labels)
+        self._fwd = guided_forward(self.generator, self.ids, self.labels, precision=self.precision)
 
     @torch.no_grad()
     def set_labels(self, labels: Tensor) -> dict[str, np.ndarray]:
@@ -122,7 +133,7 @@ class NATCore:
         if self.step_index != 0 or self._fwd is None:
             raise RuntimeError("labels can only change before an episode's first step")
         self.labels = labels.to(self.device).long()
-        self._fwd = guided_forward(self.generator, self.ids, self.labels)
+        self._fwd = guided_forward(self.generator, self.ids, self.labels, precision=self.precision)
         return self.observation()
 
     @torch.no_grad()
@@ -141,12 +152,13 @@ class NATCore:
         self.controls[:, k] = controls.stack()
         if k < self.steps - 1:
             self._fwd = guided_forward(
-                self.generator, self.ids, self.labels, fwd.cond_state, fwd.uncond_state
+                self.generator, self.ids, self.labels, fwd.cond_state, fwd.uncond_state, self.precision
             )
             self.step_index = k + 1
             return StepResult(self.observation(), np.zeros(self.num_rows, np.float32), False, None, None)
         terminal = self.observation()
-        images = self.tokenizer.decode(sampled.reshape(self.num_rows, cfg.grid, cfg.grid))  # (N, 3, H, W)
+        grids = sampled.reshape(self.num_rows, cfg.grid, cfg.grid)  # (N, h, w)
+        images = decode_images(self.tokenizer, grids, self.precision)  # (N, 3, H, W)
         rewards = self.reward(images, self.labels).float()  # (N,)
         finished = Finished(images, self.labels, rewards, self.controls)
         self._start()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from adanat.assets import asset_dir
 from adanat.cli import UsageError, resolve_device
-from adanat.pretrain.generator import PRECISIONS
+from adanat.precision import PRECISIONS
 from adanat.pretrain.shapes import ALL_STAGES, STAGES, ShapesPretrainer, ShapesPretraining
 
 

@@ -28,6 +28,7 @@ from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardError, RewardOptions, reward_names
 
 from adanat.checkpoints import CheckpointError
+from adanat.precision import PRECISIONS
 from adanat.presets import world_names, world_preset
 from adanat.schedules import ScheduleError
 
@@ -55,6 +56,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reward", default="adversarial", choices=reward_names())
     p.add_argument("--base", default=None, help="base schedule name or JSON (default: the AutoNAT baseline)")
     p.add_argument("--observation", default="compact", choices=["compact", "full"])
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="generator and decoder in float32, or under bfloat16 autocast (GPUs; CPUs with AMX)",
+    )
     p.add_argument(
         "--action-scale",
         type=float,
@@ -184,6 +191,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         generator=a.generator,
         tokenizer=a.tokenizer,
         reward_options=options,
+        precision=a.precision,
     )
     cfg = PolicyTraining(
         env=env,

@@ -71,7 +71,9 @@ def tiny_reward(seed: int = 0, lr: float = 1e-4):
     return AdversarialReward(disc, ShapesReal(size=200), training)
 
 
-def tiny_core(num_rows: int, steps: int = 4, observation: str = "compact", reward=None, labels=None):
+def tiny_core(
+    num_rows: int, steps: int = 4, observation: str = "compact", reward=None, labels=None, precision="float32"
+):
     """A :class:`NATCore` on tiny random models with a cosine base schedule (guidance 2)."""
     from adanat.envs.actions import ActionMapping
     from adanat.envs.core import NATCore
@@ -83,5 +85,12 @@ def tiny_core(num_rows: int, steps: int = 4, observation: str = "compact", rewar
     vq = MaskGITVQGAN(preset.tokenizer).eval()
     mapping = ActionMapping(cosine_schedule(steps, guidance=2.0), scale=2.0)
     return NATCore(
-        random_enat(preset.generator), vq, reward or tiny_reward(), mapping, observation, num_rows, labels
+        random_enat(preset.generator),
+        vq,
+        reward or tiny_reward(),
+        mapping,
+        observation,
+        num_rows,
+        labels,
+        precision,
     )

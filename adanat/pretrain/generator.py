@@ -27,9 +27,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from adanat.models.enat import ENAT, ReuseState
+from adanat.precision import autocast, check_precision
 from adanat.pretrain.run import GlobalRNG, TrainingRun, warmup_cosine
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -50,18 +49,18 @@ class GeneratorTraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
+def training_autocast(device: torch.device, precision: str) -> Iterator[None]:
     """The compute precision of a training step on ``device`` (see the module docstring)."""
-    if precision == "float32":
-        yield
-        return
-    kernel = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
-    with kernel, torch.autocast(device.type, dtype=torch.bfloat16):
+    kernel = (
+        sdpa_kernel(SDPBackend.MATH)
+        if device.type == "cpu" and precision != "float32"
+        else contextlib.nullcontext()
+    )
+    with kernel, autocast(device, precision):
         yield
 
 
@@ -202,7 +201,7 @@ def train_step(
     targets, y = targets.to(device), y.to(device)  # (B, L), (B,)
     prev = None
     reuse = float(torch.rand(1, generator=gen)) < cfg.reuse_prob
-    with autocast(device, cfg.precision):
+    with training_autocast(device, cfg.precision):
         if reuse:
             prev = previous_state(ema, inputs, y, cfg, gen)
         logits = model(inputs.to(device), y, prev).logits.float()  # (B, L, K)
