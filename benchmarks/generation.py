@@ -199,22 +199,21 @@ def large_flops(name: str, device: torch.device) -> None:
 def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:
     """Images per second of a guided T=8 generation plus VQ decoding with model preset ``name``
     (random weights), per batch size and precision."""
-    model, tokenizer, schedule, grid = preset_models(name, device)
+    model, tokenizer, schedule, _ = preset_models(name, device)
 
-    def images(b: int, dtype: torch.dtype | None) -> Callable[[], object]:
+    def images(b: int, precision: str) -> Callable[[], object]:
         labels = torch.arange(b, device=device) % model.config.num_classes  # (B,)
 
-        def fn() -> object:
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = generate(model, labels, schedule, 8, row_generators(0, b, device))
-                return tokenizer.decode(out.ids.reshape(b, grid, grid))  # (B, 3, H, W)
+        def fn() -> object:  # the library's path: --precision of sample, eval, train_policy
+            gens = row_generators(0, b, device)
+            return generate(model, labels, schedule, 8, gens, tokenizer=tokenizer, precision=precision).images
 
         return fn
 
     print(f"{name}, T=8, guidance, VQ decoding included (random weights): images/s")
     print(f"{'batch':>6s} {'float32':>9s} {'bf16 autocast':>14s}")
     for b in batches:
-        cases = {"fp32": images(b, None), "bf16": images(b, torch.bfloat16)}
+        cases = {"fp32": images(b, "float32"), "bf16": images(b, "bfloat16")}
         t = wall_times(cases, repeats, device)
         print(f"{b:6d} {b / t['fp32']:9.1f} {b / t['bf16']:14.1f}")
 
