@@ -41,6 +41,7 @@ def test_generation_on_cuda_is_reproducible(tiny_enat):
     a = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"))
     b = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"))
     assert torch.equal(a.ids, b.ids)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        c = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    c = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"), precision="bfloat16")
     assert c.ids.shape == a.ids.shape and int((c.ids == model.config.mask_id).sum()) == 0
+    d = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"), precision="bfloat16")
+    assert torch.equal(c.ids, d.ids)
