@@ -318,8 +318,12 @@ def controller_fid(
     steps: int,
     seed: int,
     batch_size: int = 250,
+    precision: str = "float32",
 ) -> float:
-    """FID of ``n`` images of a controller (one process; what the schedule search measures)."""
-    batches = sample_batches(generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size)
+    """FID of ``n`` images of a controller (one process; what the schedule search measures),
+    generated in ``precision`` (:mod:`adanat.precision`)."""
+    batches = sample_batches(
+        generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size, precision=precision
+    )
     feats = [space(to_uint8(out.images))[0] for _, out in batches]
     return float(fid_from_features(torch.cat(feats), reference))

@@ -62,6 +62,7 @@ class PolicyEvaluator:
             core.steps,
             self.seed,
             core.num_rows,
+            precision=core.precision,
         )
         for labels, out in batches:
             assert out.images is not None

@@ -68,6 +68,7 @@ class FidSelection:
             core.steps,
             self.seed,
             self.batch_size,
+            core.precision,
         )
 
     @torch.no_grad()

@@ -58,9 +58,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--observation", default="compact", choices=["compact", "full"])
     p.add_argument(
         "--precision",
-        default="float32",
+        default=None,
         choices=PRECISIONS,
-        help="generator and decoder in float32, or under bfloat16 autocast (GPUs; CPUs with AMX)",
+        help="generator and decoder in float32 (default), or under bfloat16 autocast (GPUs; CPUs with "
+        "AMX); with --resume, switches a run's precision from there on",
     )
     p.add_argument(
         "--action-scale",
@@ -191,7 +192,7 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
         generator=a.generator,
         tokenizer=a.tokenizer,
         reward_options=options,
-        precision=a.precision,
+        precision=a.precision or "float32",
     )
     cfg = PolicyTraining(
         env=env,
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = saved_config(a.resume)
             if a.episodes is not None:  # a resumed run may be extended
                 cfg = replace(cfg, episodes=a.episodes)
+            if a.precision is not None:  # a compute setting, like --device
+                cfg = replace(cfg, env=replace(cfg.env, precision=a.precision))
             run_dir = a.resume
         else:
             cfg = config_from_args(a)

@@ -211,6 +211,7 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     assert state["rollouts"] == 2 and state["num_timesteps"] == 32
     assert state["config"]["std_schedule"] == [[0, 0.5], [1, 0.25]] and state["config"]["action_cost"] == 0.1
     assert state["config"]["env"]["reward_options"]["minibatch_std"] == 4
+    assert state["config"]["env"]["precision"] == "float32"
     tags = _events(run / "tb")
     expected = (
         "rollout/ep_rew_mean train/loss train/exploration_std reward/mean reward/std disc/loss disc/accuracy "
@@ -231,11 +232,12 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     assert (
         again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     )
-    # resume: counters and TensorBoard curves continue
-    res = _run(script, "--resume", str(run), "--episodes", "32", cwd=tmp_path)
+    # resume: counters and TensorBoard curves continue; the compute precision may change
+    res = _run(script, "--resume", str(run), "--episodes", "32", "--precision", "bfloat16", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["rollouts"] == 4 and state["num_timesteps"] == 64
+    assert state["config"]["env"]["precision"] == "bfloat16"
     steps = sorted({s for s, _ in _events(run / "tb")["reward/mean"]})
     assert steps[-1] == 64 and steps[0] <= 32 and len(steps) == 4
     fids = _events(run / "tb")["eval/fid_policy"]

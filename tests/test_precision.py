@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from adanat.agents.evaluation import PolicyEvaluator
 from adanat.envs import NATVecEnv
 from adanat.envs.spec import EnvConfig
 from conftest import tiny_core
 
 from adanat.assets import load_metric_network
 from adanat.cli import main
-from adanat.evaluation import generate_samples
+from adanat.evaluation import generate_samples, sample_batches
 from adanat.models.classifier import accuracy
 from adanat.precision import check_precision
 from adanat.rng import row_generators
@@ -47,8 +48,8 @@ def test_bfloat16_generation_keeps_class_accuracy(shapes):
     ctrl = ScheduleController(load_schedule("enat", steps=8, variant="shapes"))
     samples = generate_samples(shapes.generator, shapes.tokenizer, ctrl, 50, 8, seed=0, precision="bfloat16")
     assert accuracy(load_metric_network(), samples.images, samples.labels) >= 0.84
-    ref = generate(shapes.generator, samples.labels[:10], ctrl, 8, row_generators(0, 10))
-    torch.testing.assert_close(samples.trace[:10], ref.trace)
+    f32 = generate_samples(shapes.generator, shapes.tokenizer, ctrl, 10, 8, seed=0)
+    assert not torch.equal(samples.images[:10], f32.images)  # generated in bfloat16, not float32
 
 
 def test_env_core_runs_generation_in_its_precision():
@@ -94,8 +95,34 @@ def test_unknown_precision_is_refused(tmp_path, capsys):
 
 
 def test_sample_records_its_precision(tmp_path, capsys):
-    out = tmp_path / "o"
-    args = ["sample", "--n", "2", "--steps", "4", "--device", "cpu", "--precision", "bfloat16"]
-    args += ["--out", str(out)]
-    assert main(args) == 0
-    assert json.loads((out / "samples.json").read_text())["precision"] == "bfloat16"
+    grids = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        args = ["sample", "--n", "2", "--steps", "4", "--device", "cpu", "--precision", precision]
+        assert main([*args, "--out", str(out)]) == 0
+        assert json.loads((out / "samples.json").read_text())["precision"] == precision
+        grids[precision] = (out / "grid.png").read_bytes()
+    assert grids["float32"] != grids["bfloat16"]
+
+
+def test_policy_evaluator_generates_in_the_core_precision():
+    """Held-out evaluation during policy training runs in the core's precision, not float32."""
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        core = tiny_core(4, precision=precision)
+        _, images, _ = PolicyEvaluator(core, 4, seed=2)._run(ScheduleController(core.mapping.base))
+        ref = next(
+            sample_batches(
+                core.generator,
+                core.tokenizer,
+                lambda _g, c=core: ScheduleController(c.mapping.base),
+                4,
+                core.steps,
+                2,
+                4,
+                precision=precision,
+            )
+        )[1]
+        torch.testing.assert_close(images, ref.images)
+        runs[precision] = images
+    assert not torch.equal(runs["float32"], runs["bfloat16"])
