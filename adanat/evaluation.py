@@ -102,7 +102,15 @@ def generate_samples(
     """``n`` images with labels ``i % C``; image ``i`` uses row stream ``i`` of ``seed``."""
     images, labels, traces = [], [], []
     batches = sample_batches(
-        generator, tokenizer, lambda _g: controller, n, steps, seed, batch_size, None, reuse, precision
+        generator,
+        tokenizer,
+        lambda _g: controller,
+        n,
+        steps,
+        seed,
+        batch_size,
+        reuse=reuse,
+        precision=precision,
     )
     for rows, out in batches:
         images.append(to_uint8(out.images).cpu())

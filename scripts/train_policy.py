@@ -76,7 +76,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="U:STD,..",
         help="exploration std from PPO update U on; U may be a share of the run, P%% (default: shapes "
-        f"{str(SHAPES.action_std).replace('%', '%%')}, else {IMAGENET.action_std}, AdaNAT's)",
+        f"{SHAPES.action_std.replace('%', '%%')}, else {IMAGENET.action_std}, AdaNAT's)",
     )
     p.add_argument(
         "--action-cost",
