@@ -7,6 +7,7 @@ numbers are computed by torch-fidelity exactly as Inception-based ones are for I
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from adanat.distributed import Shard, batch_bounds, gather_batches
 from adanat.models.classifier import ShapesClassifier
 from adanat.outputs import to_uint8
 
@@ -157,6 +159,21 @@ class FeatureSpace:
         out = dict(zip(self.extractor.features_list, self.extractor(images.to(device)), strict=True))
         return out[self.fid_layer].double().cpu(), out[self.isc_layer].double().cpu()
 
+    def feature_dim(self, image_size: int) -> int:
+        """``F`` of the FID layer, measured on one black image of side ``image_size``."""
+        return self(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))[0].shape[1]
+
+
+@torch.no_grad()
+def features_of_batches(
+    space: FeatureSpace, n: int, images_of: Callable[[range], Tensor], shard: Shard, device: torch.device, batch_size: int
+) -> Tensor:
+    """FID-layer features ``(n, F)`` of ``n`` uint8 images that ``images_of(rows)`` gives batch
+    by batch; each process computes its own batches, every process gets all features."""
+    bounds = batch_bounds(n, batch_size)
+    mine = [space(images_of(bounds[j]))[0] for j in shard.batches(len(bounds))]
+    return gather_batches(shard, mine, [len(b) for b in bounds], device)
+
 
 def _feature_space(name: str, cls: type[FeatureExtractorBase], **kwargs: Any) -> FeatureSpace:
     fid_layer = cls.get_default_feature_layer_for_metric("fid")
@@ -246,6 +263,61 @@ class FidStatistics:
 
     def save(self, path: str | Path) -> None:
         np.savez(Path(path), mu=self.mu, sigma=self.sigma)
+
+
+@dataclass(frozen=True)
+class ReferenceRequest:
+    """How to build a FID reference.
+
+    :param n: real images to render when the world renders its reference (``shapes``).
+    :param image_size: side of the generated images (the width of a statistics file is checked
+        against the feature space on an image of this size before anything is generated).
+    :param statistics: a ``fid_stats.npz`` to use instead (``mu``/``sigma``; real images as
+        ``arr_0`` also give precision/recall).
+    :param shard: this process's share of the feature extraction.
+    :param batch_size: images per feature batch.
+    """
+
+    n: int
+    image_size: int
+    device: torch.device
+    statistics: Path | None = None
+    shard: Shard = Shard()
+    batch_size: int = 250
+
+
+@dataclass
+class Reference:
+    """What generated features are compared with: FID statistics, and real features for
+    precision/recall when available."""
+
+    stats: FidStatistics
+    features: Tensor | None  # (M, F)
+    description: str
+
+    @staticmethod
+    def from_file(path: Path, space: FeatureSpace, request: ReferenceRequest) -> Reference:
+        """Statistics (and real images, when the file holds them) of ``path``, checked against
+        ``space``'s width first."""
+        stats = FidStatistics.load(path)
+        width = space.feature_dim(request.image_size)
+        if len(stats.mu) != width:
+            raise MetricsError(
+                f"reference statistics {path} have {len(stats.mu)} features, {space.name} gives {width}"
+            )
+        real = reference_images(path)
+        feats = None
+        if real is not None:  # precision/recall need real features
+            feats = features_of_batches(
+                space,
+                len(real),
+                lambda rows: real[rows.start : rows.stop],
+                request.shard,
+                request.device,
+                request.batch_size,
+            )  # (M, F)
+        extra = "" if real is None else f" with {len(real)} images"
+        return Reference(stats, feats, f"statistics {path}{extra}")
 
 
 def reference_images(path: str | Path) -> Tensor | None:

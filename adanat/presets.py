@@ -1,7 +1,8 @@
-"""Named model presets, read from the package data file ``adanat/data/presets.json``.
+"""Named presets, read from the package data file ``adanat/data/presets.json``.
 
-Three tables: ENAT generator architectures, VQGAN tokenizer architectures, and model presets
-that pair a generator with a tokenizer at an image size (the names used by ``--preset``).
+Four tables: ENAT generator architectures, VQGAN tokenizer architectures, model presets that
+pair a generator with a tokenizer at an image size, and worlds (:class:`World`: a model preset
+with everything the commands ask of it). ``--preset`` takes a world or a model preset.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adanat.models.enat import ENATConfig
 from adanat.models.vqgan import VQGANConfig
+
+if TYPE_CHECKING:
+    from adanat.metrics import FeatureSpace, Reference, ReferenceRequest
+    from adanat.schedules import Schedule
 
 
 @dataclass(frozen=True)
@@ -95,28 +101,48 @@ class PolicyTrainingDefaults:
     :param action_std: exploration std schedule, ``"UPDATE:STD,..."`` (``P%`` of the run allowed).
     :param minibatch_std: group size of the discriminator's minibatch-std feature (0: off).
     :param action_cost: reward cost per step of ``mean(action**2)`` (0: off).
+    :param disc_updates: discriminator updates per round (AdaNAT's 5 over its 1,000 PPO updates; a
+        ``shapes`` run has about 130 rounds, so its discriminator takes 20 to become a useful critic).
+    :param select_fid: images per FID of the model selection at each evaluation (``shapes``: 1,000,
+        about 30 s on a 2-core CPU); on a world without shipped references it is on only when FID
+        reference statistics are given.
     """
 
     action_std: str
     minibatch_std: int
     action_cost: float
+    disc_updates: int
+    select_fid: int
+
+
+DEFAULT_STEPS = 8  # T of a model preset that belongs to no world
 
 
 @dataclass(frozen=True)
-class WorldPreset:
-    """A world: a model preset, its class names, default ``T``, where its weights come from, and
-    its policy-training defaults.
+class World:
+    """A world and its services: its model preset, class names, default ``T`` and base schedule
+    per ``T``, where its weights come from, the feature space its FIDs are measured in and their
+    reference, and its policy-training defaults. Every command asks the world for these.
 
     :param weights: ``package`` (shipped, verified by manifest) or ``user`` (paths given by flags
         or the environment variables ``generator_env`` / ``tokenizer_env``).
+    :param feature_space: torch-fidelity feature extractor of its FIDs (``adanat-shapes``: the
+        world's metric network; ``inception-v3-compat``: Inception-v3, weights given by path).
+    :param reference_splits: real splits the world renders as FID reference, per purpose
+        (``evaluation``, ``selection``, ``search``); None: a statistics file must be given.
+    :param class_accuracy: the feature space's logits are the world's classes, so evaluations
+        also report how often an image shows its label.
     """
 
     name: str
     model: ModelPreset
     steps: int
     weights: str
+    feature_space: str
     policy_training: PolicyTrainingDefaults
     classes: tuple[str, ...] | None = None
+    reference_splits: dict[str, str] | None = None
+    class_accuracy: bool = False
     generator_env: str | None = None
     tokenizer_env: str | None = None
 
@@ -128,16 +154,57 @@ class WorldPreset:
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    def base_schedule(self, steps: int) -> Schedule:
+        """The world's AutoNAT baseline for ``steps``: a schedule searched for the world
+        (``autonat-<world>-t<T>``) when one ships, else the published ``autonat-l-t8`` at T=8,
+        else the world's ENAT schedule."""
+        from adanat.schedules import builtin_schedule_names, load_schedule
 
-def world_preset(name: str) -> WorldPreset:
-    """World preset ``shapes``, ``in256`` or ``in512``."""
+        searched = f"autonat-{self.name}-t{steps}"
+        if searched in builtin_schedule_names():
+            return load_schedule(searched, steps=steps)
+        if steps == 8:
+            return load_schedule("autonat-l-t8", steps=8)
+        return load_schedule("enat", steps=steps, variant=self.name)
+
+    def metric_space(self, inception: Path | None = None) -> FeatureSpace:
+        """The feature space of the world's FIDs (``inception``: Inception-v3 weights by path,
+        else torch-fidelity's file in the torch hub cache; never downloaded)."""
+        from adanat.metrics import inception_feature_space, shapes_feature_space
+
+        if self.feature_space == "adanat-shapes":
+            return shapes_feature_space()
+        return inception_feature_space(inception)
+
+    def reference(self, purpose: str, space: FeatureSpace, request: ReferenceRequest) -> Reference:
+        """The FID reference for ``purpose`` (``evaluation``, ``selection`` or ``search``): the
+        statistics file of ``request`` when given, else the world's real split for that purpose
+        (the held-out split stays for evaluation), else an error naming the flag to give."""
+        from adanat.metrics import MetricsError, Reference
+
+        if request.statistics is not None:
+            return Reference.from_file(request.statistics, space, request)
+        if self.reference_splits is None:
+            raise MetricsError(f"--reference fid_stats.npz (Inception mu/sigma) is needed for {self.name!r}")
+        from adanat.worlds.shapes import shapes_reference
+
+        return shapes_reference(space, self.reference_splits[purpose], request)
+
+
+def world_preset(name: str) -> World:
+    """World ``shapes``, ``in256`` or ``in512``."""
     entry = dict(_lookup("worlds", name))
     model = model_preset(entry.pop("model"))
     classes = entry.pop("classes", None)
     training = PolicyTrainingDefaults(**entry.pop("policy_training"))
-    return WorldPreset(
+    return World(
         name=name, model=model, policy_training=training, classes=tuple(classes) if classes else None, **entry
     )
+
+
+def default_steps(world: World | None) -> int:
+    """``T`` when none is given: the world's, else :data:`DEFAULT_STEPS`."""
+    return world.steps if world is not None else DEFAULT_STEPS
 
 
 def world_names() -> list[str]:

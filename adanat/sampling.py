@@ -1,9 +1,17 @@
-"""The NAT sampler: one step as pure functions of per-sample tensors, and the generation loop.
+"""The NAT sampler: the generation episode as methods, its steps as pure functions of ``(B,)`` tensors.
+
+:class:`NATSampler` owns what travels together: the generator (any
+:class:`~adanat.generator.NATGenerator`), the tokenizer, the precision and whether features are
+reused between steps. An episode of ``T`` steps is :meth:`NATSampler.start` (the first guided
+forward), then per step :meth:`NATSampler.advance` with that step's controls (sample, re-mask,
+then the next step's forward), then :meth:`NATSampler.finish` (decode). A loop
+(:meth:`NATSampler.generate`, evaluation, the schedule search) and the RL environment
+(:class:`adanat.envs.core.NATCore`) both drive it, so there is one episode in the code base.
 
 A step has two halves:
 
-1. :func:`guided_forward` runs the conditional and the unconditional branch in ONE batched ENAT
-   forward, each branch with its own reuse state. Its features are what a controller observes.
+1. the generator's guided forward runs the conditional and the unconditional branch in ONE
+   batched forward; its features are what a controller observes;
 2. :func:`select_tokens` applies the four per-sample controls (all ``(B,)``): guidance
    ``logits = cond + w (cond - uncond)``; sampling of masked tokens from
    ``softmax(log_softmax(logits) / sampling_temp)``; confidence = log-prob of the sampled token
@@ -11,23 +19,23 @@ A step has two halves:
    ``floor(L * mask_ratio)`` least confident tokens stay masked, clamped per row to at most
    (masked before - 1) so every step reveals at least one token.
 
-:func:`generate` alternates them for ``T`` steps, asking a :class:`Controller` for the controls
-of each step after the forward, so a learned policy can read that step's features.
+Controls are asked for *after* the forward, so a learned policy reads the features of the step
+it controls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adanat.models.enat import ENAT, ReuseState
+from adanat.generator import GuidedOutput, NATGenerator
 from adanat.models.vqgan import MaskGITVQGAN
-from adanat.precision import autocast
+from adanat.precision import autocast, check_precision
 from adanat.rng import Generators, gumbel, gumbel_packed
 from adanat.schedules import CONTROL_NAMES, Schedule
 
@@ -51,75 +59,18 @@ class Controls:
         return Controls(*values.unbind(dim=1))
 
 
-@dataclass
-class GuidedForward:
-    """Both branches of one step (logits are computed at masked positions only, 0 elsewhere)."""
-
-    cond_logits: Tensor  # (B, L, K)
-    uncond_logits: Tensor  # (B, L, K)
-    cond_state: ReuseState
-    uncond_state: ReuseState
-
-    @property
-    def features(self) -> Tensor:
-        """``(B, L, D)`` conditional-branch features (what a policy observes), float32."""
-        return self.cond_state.feat.float()
-
-
-@dataclass
-class StepOutput:
-    """Result of one full NAT step."""
-
-    ids: Tensor  # (B, L) next ids, mask id where still masked
-    sampled_ids: Tensor  # (B, L) every position filled
-    cond_state: ReuseState
-    uncond_state: ReuseState
-    features: Tensor  # (B, L, D)
-
-
-def guided_forward(
-    model: ENAT,
-    ids: Tensor,
-    labels: Tensor,
-    cond_state: ReuseState | None = None,
-    uncond_state: ReuseState | None = None,
-    precision: str = "float32",
-) -> GuidedForward:
-    """One batched forward of the conditional and the unconditional branch.
-
-    :param ids: ``(B, L)`` current ids.
-    :param labels: ``(B,)`` class labels.
-    :param cond_state: reuse state of the conditional branch (None at the first step).
-    :param uncond_state: reuse state of the unconditional branch (None at the first step).
-    :param precision: ``float32`` or ``bfloat16`` (autocast; :mod:`adanat.precision`).
-    """
-    if (cond_state is None) != (uncond_state is None):
-        raise ValueError("both branches need a reuse state, or neither")
-    b = ids.shape[0]
-    null = torch.full_like(labels, model.config.null_class)  # (B,)
-    prev = None if cond_state is None else ReuseState.cat([cond_state, uncond_state])
-    with autocast(ids.device, precision):
-        out = model(torch.cat([ids, ids]), torch.cat([labels, null]), prev, masked_logits_only=True)
-    return GuidedForward(
-        cond_logits=out.logits[:b],
-        uncond_logits=out.logits[b:],
-        cond_state=out.state.select(slice(0, b)),
-        uncond_state=out.state.select(slice(b, 2 * b)),
-    )
-
-
 def select_tokens(
     ids: Tensor,
     cond_logits: Tensor,
     uncond_logits: Tensor,
     controls: Controls,
-    generators: Generators,
+    rngs: Generators,
     mask_id: int,
 ) -> tuple[Tensor, Tensor]:
     """Sample the masked tokens and choose which stay masked; returns ``(next_ids, sampled_ids)``.
 
     Works on the masked positions only. Draws, in order, Gumbel noise ``(masked, K)`` for
-    sampling and ``(L,)`` for re-masking, per row (or for the batch with one generator).
+    sampling and ``(L,)`` for re-masking, per row (or for the batch with one generator) from ``rngs``.
     """
     b, length = ids.shape
     is_mask = ids == mask_id  # (B, L)
@@ -130,13 +81,13 @@ def select_tokens(
     logp = F.log_softmax(cond + w * (cond - uncond), dim=-1)  # (M, K)
 
     temp = controls.sampling_temp.float().clamp_min(1e-6)[row, None]  # (M, 1)
-    noise = gumbel_packed(masked_before.tolist(), logp.shape[1:], generators, ids.device)  # (M, K)
+    noise = gumbel_packed(masked_before.tolist(), logp.shape[1:], rngs, ids.device)  # (M, K)
     drawn = (logp / temp + noise).argmax(dim=-1)  # (M,) Gumbel-max = categorical sample
     sampled = ids.masked_scatter(is_mask, drawn)  # (B, L)
 
     confidence = torch.full((b, length), torch.inf, device=ids.device)  # (B, L)
     confidence[is_mask] = logp.gather(-1, drawn[:, None]).squeeze(-1)
-    remask_noise = gumbel(b, (length,), generators, ids.device)  # (B, L)
+    remask_noise = gumbel(b, (length,), rngs, ids.device)  # (B, L)
     confidence = confidence + controls.remask_temp.float()[:, None] * remask_noise  # (B, L)
 
     n_mask = torch.floor(length * controls.mask_ratio.double()).long()  # (B,)
@@ -146,24 +97,6 @@ def select_tokens(
     rank = torch.empty_like(order).scatter_(1, order, positions)  # (B, L)
     new_mask = rank < n_mask[:, None]  # (B, L)
     return torch.where(new_mask, mask_id, sampled), sampled
-
-
-def nat_step(
-    model: ENAT,
-    ids: Tensor,
-    labels: Tensor,
-    cond_state: ReuseState | None,
-    uncond_state: ReuseState | None,
-    controls: Controls,
-    generators: Generators,
-    precision: str = "float32",
-) -> StepOutput:
-    """One NAT step with given controls: :func:`guided_forward` then :func:`select_tokens`."""
-    fwd = guided_forward(model, ids, labels, cond_state, uncond_state, precision)
-    next_ids, sampled = select_tokens(
-        ids, fwd.cond_logits, fwd.uncond_logits, controls, generators, model.config.mask_id
-    )
-    return StepOutput(next_ids, sampled, fwd.cond_state, fwd.uncond_state, fwd.features)
 
 
 def final_step_controls(controls: Controls, step: int, steps: int) -> Controls:
@@ -209,9 +142,47 @@ class ScheduleController:
         return Controls.from_tensor(self._table[state.step].expand(state.ids.shape[0], -1))
 
 
+
+
+@dataclass
+class GenerationState:
+    """What a controller sees before choosing the controls of ``step``."""
+
+    step: int
+    steps: int
+    ids: Tensor  # (B, L) ids entering this step
+    cond: Tensor  # (B,) class ids, or (B, tokens, width) text states
+    features: Tensor  # (B, L, D) conditional features of this step's forward
+
+
+class Controller(Protocol):
+    """Chooses the per-sample controls of each step."""
+
+    def __call__(self, state: GenerationState) -> Controls: ...
+
+
+class ScheduleController:
+    """A fixed schedule as a controller: every row gets the schedule's values."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self._table: Tensor | None = None
+
+    def __call__(self, state: GenerationState) -> Controls:
+        if state.steps != self.schedule.steps:
+            raise ValueError(
+                f"schedule {self.schedule.name!r} has {self.schedule.steps} steps, "
+                f"generation asks for {state.steps}"
+            )
+        device = state.ids.device
+        if self._table is None or self._table.device != device:
+            self._table = self.schedule.tensor(device)  # (T, 4)
+        return Controls.from_tensor(self._table[state.step].expand(state.ids.shape[0], -1))
+
+
 @dataclass
 class Generation:
-    """Result of :func:`generate`."""
+    """A finished episode."""
 
     images: Tensor | None  # (B, 3, H, W) in [0, 1], None without a tokenizer
     ids: Tensor  # (B, L) final token ids
@@ -219,16 +190,146 @@ class Generation:
     num_masked: Tensor  # (B, T + 1) masked tokens before the first and after each step
 
 
-def decode_images(tokenizer: MaskGITVQGAN, ids: Tensor, precision: str = "float32") -> Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1], float32, of token grids ``ids`` ``(B, h, w)``, decoded in
-    ``precision``."""
-    with autocast(ids.device, precision):
-        return tokenizer.decode(ids).float()
+@dataclass
+class Episode:
+    """One batch of episodes in flight: ``B`` rows at step ``step`` of ``steps``.
+
+    Made by :meth:`NATSampler.start`; :meth:`NATSampler.advance` moves it on.
+    """
+
+    cond: Tensor  # (B,) or (B, tokens, width)
+    rngs: Generators
+    steps: int
+    step: int
+    ids: Tensor  # (B, L) ids entering the current step
+    forward: GuidedOutput | None  # the current step's guided forward (None once finished)
+    sampled: Tensor | None = None  # (B, L) every position filled at the last step taken
+    trace: list[Tensor] = field(default_factory=list)  # per step taken: (B, 4)
+    counts: list[Tensor] = field(default_factory=list)  # masked tokens before the first and after each step
+
+    @property
+    def done(self) -> bool:
+        return self.step == self.steps
+
+    @property
+    def features(self) -> Tensor:
+        """``(B, L, D)`` features of the current step's forward (what a policy observes)."""
+        if self.forward is None:
+            raise RuntimeError("the episode has finished: no step left to observe")
+        return self.forward.features
+
+    def state(self) -> GenerationState:
+        """The controller's view of the current step."""
+        return GenerationState(self.step, self.steps, self.ids, self.cond, self.features)
 
 
-@torch.no_grad()
+@dataclass
+class NATSampler:
+    """A generator with its tokenizer, precision and reuse setting: runs generation episodes.
+
+    :param generator: any :class:`~adanat.generator.NATGenerator` (ENAT today), in eval mode.
+    :param tokenizer: decodes final token grids into images (None: ids only).
+    :param precision: ``float32`` or ``bfloat16`` autocast of the generator and the decoder
+        (:mod:`adanat.precision`); token choices are made in float32 either way.
+    :param reuse: hand each branch's state to its next step (ENAT's computation reuse); False
+        re-encodes every visible token at every step. Ignored by generators without reuse.
+    """
+
+    generator: NATGenerator
+    tokenizer: MaskGITVQGAN | None = None
+    precision: str = "float32"
+    reuse: bool = True
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device  # type: ignore[attr-defined]
+
+    def _forward(self, ids: Tensor, cond: Tensor, state: Any | None) -> GuidedOutput:
+        with autocast(ids.device, self.precision):
+            return self.generator.guided_forward(ids, cond, state)
+
+    @torch.no_grad()
+    def start(self, cond: Tensor, steps: int, rngs: Generators) -> Episode:
+        """New episodes, one per row of ``cond``, with the first step's forward done.
+
+        :param cond: ``(B,)`` class ids or ``(B, tokens, width)`` text states.
+        :param rngs: one generator for the batch, or one per row (reproducible per row).
+        """
+        gen = self.generator
+        ids = torch.full((cond.shape[0], gen.seq_len), gen.mask_id, dtype=torch.long, device=cond.device)
+        episode = Episode(cond, rngs, steps, 0, ids, self._forward(ids, cond, None))
+        episode.counts.append((ids == gen.mask_id).sum(dim=1))  # (B,)
+        return episode
+
+    @torch.no_grad()
+    def advance(self, episode: Episode, controls: Controls) -> Controls:
+        """Take the current step with ``controls`` (each ``(B,)``), then run the next step's
+        forward unless this was the last; returns the controls applied (the last step reveals
+        every token, so its mask ratio is 0)."""
+        fwd = episode.forward
+        if fwd is None:
+            raise RuntimeError("the episode has finished")
+        k, mask_id = episode.step, self.generator.mask_id
+        controls = final_step_controls(controls, k, episode.steps)
+        episode.ids, episode.sampled = select_tokens(
+            episode.ids, fwd.cond_logits, fwd.uncond_logits, controls, episode.rngs, mask_id
+        )  # (B, L), (B, L)
+        episode.trace.append(controls.stack().float())  # (B, 4)
+        episode.counts.append((episode.ids == mask_id).sum(dim=1))  # (B,)
+        episode.step = k + 1
+        if episode.done:
+            episode.forward = None
+        else:
+            state = fwd.state if self.reuse else None
+            episode.forward = self._forward(episode.ids, episode.cond, state)
+        return controls
+
+    def decode(self, ids: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` in [0, 1], float32, of final ids ``(B, L)``."""
+        if self.tokenizer is None:
+            raise RuntimeError("the sampler has no tokenizer to decode with")
+        grid = self.generator.grid
+        with autocast(ids.device, self.precision):
+            return self.tokenizer.decode(ids.reshape(ids.shape[0], grid, grid)).float()  # (B, 3, H, W)
+
+    @torch.no_grad()
+    def finish(self, episode: Episode) -> Generation:
+        """The finished episode's ids, controls and (with a tokenizer) decoded images."""
+        if not episode.done or episode.sampled is None:
+            raise RuntimeError(f"the episode is at step {episode.step} of {episode.steps}")
+        images = None if self.tokenizer is None else self.decode(episode.sampled)  # (B, 3, H, W)
+        return Generation(
+            images, episode.sampled, torch.stack(episode.trace, 1), torch.stack(episode.counts, 1)
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cond: Tensor,
+        controller: Controller,
+        steps: int,
+        rngs: Generators,
+        on_step: Callable[[int], None] | None = None,
+    ) -> Generation:
+        """One image per row of ``cond`` in ``steps`` steps, the controller asked for the
+        controls of each step after that step's forward.
+
+        :param on_step: called with the step index after each step (progress bars).
+        """
+        episode = self.start(cond, steps, rngs)
+        while not episode.done:
+            k = episode.step
+            self.advance(episode, controller(episode.state()))
+            if on_step is not None:
+                on_step(k)
+        return self.finish(episode)
+
+
 def generate(
-    model: ENAT,
+    model: NATGenerator,
     labels: Tensor,
     controller: Controller,
     steps: int,
@@ -238,40 +339,5 @@ def generate(
     reuse: bool = True,
     precision: str = "float32",
 ) -> Generation:
-    """Generate one image per label in ``steps`` NAT steps.
-
-    The controller is asked for the controls of step ``k`` after that step's forward. The last
-    step reveals every token whatever the controller's mask ratio (the trace shows 0 there).
-
-    :param labels: ``(B,)`` class labels.
-    :param generators: one generator for the batch, or one per row (reproducible per row).
-    :param tokenizer: decodes the final ids into images when given.
-    :param on_step: called with the step index after each step (progress bars).
-    :param reuse: hand each branch's features to its next step (ENAT's computation reuse);
-        False re-encodes every visible token at every step.
-    :param precision: ``float32`` or ``bfloat16`` autocast of the generator and the decoder
-        (:mod:`adanat.precision`); token choices are made in float32 either way.
-    """
-    cfg = model.config
-    b = labels.shape[0]
-    ids = torch.full((b, cfg.seq_len), cfg.mask_id, dtype=torch.long, device=labels.device)
-    cond_state = uncond_state = None
-    trace, counts = [], [(ids == cfg.mask_id).sum(dim=1)]
-    for k in range(steps):
-        fwd = guided_forward(model, ids, labels, cond_state, uncond_state, precision)
-        controls = final_step_controls(
-            controller(GenerationState(k, steps, ids, labels, fwd.features)), k, steps
-        )
-        ids, sampled = select_tokens(
-            ids, fwd.cond_logits, fwd.uncond_logits, controls, generators, cfg.mask_id
-        )
-        if reuse:
-            cond_state, uncond_state = fwd.cond_state, fwd.uncond_state
-        trace.append(controls.stack().float())
-        counts.append((ids == cfg.mask_id).sum(dim=1))
-        if on_step is not None:
-            on_step(k)
-    images = None
-    if tokenizer is not None:
-        images = decode_images(tokenizer, sampled.reshape(b, cfg.grid, cfg.grid), precision)  # (B, 3, H, W)
-    return Generation(images, sampled, torch.stack(trace, 1), torch.stack(counts, 1))
+    """TRANSITIONAL (removed before this change lands): ``NATSampler(...).generate(...)``."""
+    return NATSampler(model, tokenizer, precision, reuse).generate(labels, controller, steps, generators, on_step)

@@ -42,22 +42,45 @@ class SearchError(ValueError):
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings of one search (stored with its state; a resumed search must match them)."""
+    """Settings of one search (stored with its state; a resumed search must match them).
+
+    The SGD steps are per unit of FID gradient. On ``shapes`` (L=64) one token more or fewer
+    revealed at the first step moves FID by about 1, a gradient near 100 per unit of ratio: at
+    2e-3 / 2e-2 the first ratio jumped by up to 0.2 (13 tokens) per update and FID oscillated
+    (10.1, 6.6, 8.0, 14.5, 9.1 over five updates at T=4); the defaults keep a ratio's step to a few
+    tokens.
+
+    :param steps: ``T`` of the searched schedule (>= 2).
+    :param updates: SGD updates.
+    :param samples: generated images per FID.
+    :param seed: the seed of every FID of the search (evaluation uses other seeds).
+    :param lr_ratio: SGD step for mask ratios.
+    :param lr_other: SGD step for temperatures and guidance.
+    :param delta_ratio: probe of a mask ratio (raised to 1/L by the search).
+    :param delta_other: probe of a temperature or guidance scale.
+    :param momentum: SGD momentum.
+    :param name: name of the searched schedule.
+    """
 
     steps: int = 8
     updates: int = 10
-    samples: int = 1000  # generated images per FID
-    seed: int = 1  # the seed of every FID of the search (evaluation uses other seeds)
-    # steps per unit of FID gradient. On ``shapes`` (L=64) one token more or fewer revealed at the
-    # first step moves FID by about 1, a gradient near 100 per unit of ratio: at 2e-3 / 2e-2 the
-    # first ratio jumped by up to 0.2 (13 tokens) per update and FID oscillated (10.1, 6.6, 8.0,
-    # 14.5, 9.1 over five updates at T=4); these keep a ratio's step to a few tokens
-    lr_ratio: float = 5e-4  # mask ratios
-    lr_other: float = 1e-2  # temperatures and guidance
-    delta_ratio: float = 0.01  # probe of a mask ratio (raised to 1/L by the search)
-    delta_other: float = 0.1  # probe of a temperature or guidance scale
+    samples: int = 1000
+    seed: int = 1
+    lr_ratio: float = 5e-4
+    lr_other: float = 1e-2
+    delta_ratio: float = 0.01
+    delta_other: float = 0.1
     momentum: float = 0.5
     name: str = "autonat"
+
+    def __post_init__(self) -> None:
+        if self.steps < 2 or self.updates < 1 or self.samples < 2 or self.seed < 0:
+            raise SearchError("steps must be >= 2, updates >= 1, samples >= 2 and the seed >= 0")
+        rates = (self.lr_ratio, self.lr_other, self.momentum)
+        if not all(math.isfinite(v) and v >= 0 for v in rates):
+            raise SearchError("learning rates and momentum must be finite and >= 0")
+        if not all(math.isfinite(v) and v > 0 for v in (self.delta_ratio, self.delta_other)):
+            raise SearchError("probes must be finite and > 0")
 
 
 def parameter_names(steps: int) -> list[str]:
@@ -134,9 +157,14 @@ class SearchState:
         if not path.is_file():
             return None
         try:
-            return SearchState(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise SearchError(f"{path} is not a search state ({e})") from None
+            state = SearchState(**json.loads(path.read_text(encoding="utf-8")))
+            SearchConfig(**state.config)
+            n = len(parameter_names(int(state.config["steps"])))
+            if len(state.theta) != n or len(state.velocity) != n:
+                raise ValueError(f"{n} parameters expected")
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError) as e:
+            raise SearchError(f"{path} is not a search state ({e}); remove the folder to start over") from None
+        return state
 
 
 def start_state(cfg: SearchConfig, folder: Path) -> SearchState:

@@ -14,7 +14,7 @@ from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import (
     ModelPreset,
-    WorldPreset,
+    World,
     model_preset,
     model_preset_names,
     world_names,
@@ -27,14 +27,14 @@ class LoadedModels:
     """A preset's generator and tokenizer, with the files they came from."""
 
     preset: ModelPreset
-    world: WorldPreset | None
+    world: World | None
     generator: ENAT
     tokenizer: MaskGITVQGAN
     generator_file: Path
     tokenizer_file: Path
 
 
-def resolve_preset(name: str) -> tuple[ModelPreset, WorldPreset | None]:
+def resolve_preset(name: str) -> tuple[ModelPreset, World | None]:
     """A world name (``shapes``, ``in256``) or a model preset name (``enat-l-in256``)."""
     if name in world_names():
         world = world_preset(name)
@@ -47,7 +47,7 @@ def resolve_preset(name: str) -> tuple[ModelPreset, WorldPreset | None]:
 
 
 def weight_files(
-    preset: ModelPreset, world: WorldPreset | None, generator: Path | None, tokenizer: Path | None
+    preset: ModelPreset, world: World | None, generator: Path | None, tokenizer: Path | None
 ) -> tuple[Path, Path]:
     """The generator and tokenizer files: flags first, then environment variables, then the package."""
     if world is not None and world.weights == "package" and generator is None and tokenizer is None:

@@ -1,19 +1,31 @@
 """stable-baselines3 callbacks: exploration-std schedule, reward/discriminator rounds with their
-TensorBoard records, non-finite guards, periodic evaluation, checkpoints and progress."""
+TensorBoard records, non-finite guards, periodic evaluation, checkpoints and progress.
+
+The non-finite guards watch the path the numbers actually take: each step's reward after every
+env wrapper (the action cost included), each PPO gradient step (the loss's gradients before the
+step, the parameters after it, through optimiser hooks, so a bad step stops before the next
+minibatch's forward), and the logged loss and the parameters before each rollout.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from adanat.agents import sb3
 from adanat.envs.vec_env import NATVecEnv
 from adanat.rewards.base import LearnedReward, Reward
-from rich.progress import Progress, TaskID
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from torch.utils.tensorboard import SummaryWriter
 
+from adanat.progress import StepProgress
 from adanat.schedules import CONTROL_NAMES
+
+rollouts_done = sb3.rollouts_done  # PPO updates done (kept here for older imports)
 
 
 class NonFiniteError(RuntimeError):
@@ -29,12 +41,6 @@ def std_at(schedule: Sequence[tuple[int, float]], update: int) -> float:
     return value
 
 
-def rollouts_done(model: object) -> int:
-    """PPO updates (rollouts) completed so far."""
-    per_rollout = model.n_steps * model.n_envs  # type: ignore[attr-defined]
-    return int(model.num_timesteps // per_rollout)  # type: ignore[attr-defined]
-
-
 class ExplorationStd(BaseCallback):
     """Holds the Gaussian policy's std at a fixed schedule (AdaNAT: 0.6, then 0.3 after 500
     updates); the std is not learned."""
@@ -44,16 +50,15 @@ class ExplorationStd(BaseCallback):
         self.schedule = tuple(schedule)
 
     def _on_training_start(self) -> None:
-        self.model.policy.log_std.requires_grad_(False)
+        sb3.freeze_exploration_std(self.model)
         self._apply()
 
     def _on_rollout_start(self) -> None:
         self._apply()
 
     def _apply(self) -> None:
-        std = std_at(self.schedule, rollouts_done(self.model))
-        with torch.no_grad():
-            self.model.policy.log_std.fill_(math.log(std))
+        std = std_at(self.schedule, sb3.rollouts_done(self.model))
+        sb3.set_exploration_std(self.model, std)
         self.logger.record("train/exploration_std", std)
 
     def _on_step(self) -> bool:
@@ -101,25 +106,71 @@ class RewardRounds(BaseCallback):
                 self.last[f"disc/{name}"] = value
 
 
-def check_finite(model: object) -> None:
+def check_finite(model: BaseAlgorithm) -> None:
     """Raise :class:`NonFiniteError` if the last PPO update left a non-finite loss or parameter."""
-    loss = model.logger.name_to_value.get("train/loss")  # type: ignore[attr-defined]
+    loss = sb3.last_logged(model, "train/loss")
     if loss is not None and not math.isfinite(loss):
         raise NonFiniteError(f"non-finite PPO loss {loss}")
-    for name, p in model.policy.named_parameters():  # type: ignore[attr-defined]
+    for name, p in model.policy.named_parameters():
         if not torch.isfinite(p).all():
             raise NonFiniteError(f"non-finite policy parameter {name}")
 
 
+def check_step_rewards(rewards: np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` unless every reward ``(N,)`` of a step is finite."""
+    bad = ~np.isfinite(rewards)
+    if bad.any():
+        raise NonFiniteError(
+            f"non-finite reward (after the action cost) in {int(bad.sum())} of {bad.size} rows"
+        )
+
+
 class FiniteGuard(BaseCallback):
-    """Stops the run when the last PPO update produced a non-finite loss or parameter (checked
-    before anything is saved at the start of the next rollout)."""
+    """Stops the run on a non-finite step reward (after every env wrapper: what PPO learns
+    from), and when the last PPO update left a non-finite loss or parameter (checked before
+    anything is saved at the start of the next rollout)."""
 
     def _on_step(self) -> bool:
+        check_step_rewards(sb3.step_rewards(self))
         return True
 
     def _on_rollout_start(self) -> None:
         check_finite(self.model)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one sync
+
+
+def guard_gradient_steps(model: BaseAlgorithm) -> None:
+    """Hook the policy's optimiser: before each step the loss's gradients must be finite (a NaN
+    or infinite loss gives non-finite gradients), after it the parameters. Either failure raises
+    :class:`NonFiniteError` at once, before the next minibatch runs through a broken policy."""
+    opt = sb3.optimizer(model)
+    names = {id(p): name for name, p in model.policy.named_parameters()}
+
+    def params() -> list[torch.Tensor]:
+        return [p for group in opt.param_groups for p in group["params"]]
+
+    def first_bad(tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
+        return next((names.get(id(p), "?") for p, t in tensors if not torch.isfinite(t).all()), "?")
+
+    def before(_opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        grads = [(p, p.grad) for p in params() if p.grad is not None]
+        if not _all_finite([g for _, g in grads]):
+            raise NonFiniteError(f"non-finite PPO loss (its gradient for {first_bad(grads)} is NaN or infinite)")
+
+    def after(_opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        ps = params()
+        if not _all_finite(ps):
+            lr = opt.param_groups[0]["lr"]
+            bad = first_bad([(p, p) for p in ps])
+            raise NonFiniteError(f"non-finite policy parameter {bad} after a PPO step (learning rate {lr:g})")
+
+    opt.register_step_pre_hook(before)
+    opt.register_step_post_hook(after)
 
 
 class Every(BaseCallback):
@@ -135,28 +186,32 @@ class Every(BaseCallback):
         return True
 
     def _on_training_start(self) -> None:
-        self._last = rollouts_done(self.model)  # a resumed run does not redo the last one
+        self._last = sb3.rollouts_done(self.model)  # a resumed run does not redo the last one
 
     def _on_rollout_start(self) -> None:
-        done = rollouts_done(self.model)
+        done = sb3.rollouts_done(self.model)
         if done > 0 and done % self.every == 0 and done != self._last:
             self._last = done
             self.fn(done)
 
 
-class RichProgress(BaseCallback):
-    """A rich progress bar over episodes with the latest reward and discriminator accuracy."""
+class EpisodeProgress(BaseCallback):
+    """Progress over episodes after each rollout, with the latest reward and discriminator
+    accuracy: a rich bar on a terminal, else one plain line per PPO update
+    (:class:`~adanat.progress.StepProgress`)."""
 
-    def __init__(self, progress: Progress, task: TaskID, steps: int, rounds: RewardRounds) -> None:
+    def __init__(self, progress: StepProgress, steps: int, rounds: RewardRounds) -> None:
         super().__init__()
-        self.progress, self.task, self.steps, self.rounds = progress, task, steps, rounds
+        self.progress, self.steps, self.rounds = progress, steps, rounds
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
         last = self.rounds.last
-        info = f"reward {last.get('reward/mean', float('nan')):.3f}"
+        info: dict[str, object] = {"update": sb3.rollouts_done(self.model)}
+        if "reward/mean" in last:
+            info["reward"] = last["reward/mean"]
         if "disc/accuracy" in last:
-            info += f"  D acc {last['disc/accuracy']:.2f}"
-        self.progress.update(self.task, completed=self.num_timesteps // self.steps, info=info)
+            info["disc_acc"] = last["disc/accuracy"]
+        self.progress.advance(self.num_timesteps // self.steps - self.progress.completed, **info)

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from adanat.evaluation import sample_batches
+from adanat.evaluation import SampleSpec, fixed, sample_batches
 from adanat.sampling import Controller, ScheduleController
 from adanat.schedules import CONTROL_NAMES
 
@@ -54,17 +54,8 @@ class PolicyEvaluator:
     def _run(self, controller: Controller) -> tuple[Tensor, Tensor, Tensor]:
         core = self.core
         rewards, images, traces = [], [], []
-        batches = sample_batches(
-            core.generator,
-            core.tokenizer,
-            lambda _g: controller,
-            self.episodes,
-            core.steps,
-            self.seed,
-            core.num_rows,
-            precision=core.precision,
-        )
-        for labels, out in batches:
+        spec = SampleSpec(self.episodes, core.steps, self.seed, core.num_rows)
+        for labels, out in sample_batches(core.sampler, fixed(controller), spec):
             assert out.images is not None
             rewards.append(core.reward(out.images, labels).float().cpu())
             images.append(out.images.cpu())
@@ -74,7 +65,7 @@ class PolicyEvaluator:
     def run(self, actor: Actor, meta: PolicyMeta) -> EvalResult:
         policy_r, images, trace = self._run(PolicyController(actor, meta))
         base_r, _, _ = self._run(ScheduleController(self.core.mapping.base))
-        cols = min(self.core.generator.config.num_classes, 16)
+        cols = min(self.core.sampler.generator.num_classes or 16, 16)
         shown = images[: cols * max(1, min(4, len(images) // cols))]
         return EvalResult(
             policy_reward=float(policy_r.mean()),

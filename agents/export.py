@@ -130,7 +130,7 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
 
 class PolicyController:
     """A learned policy as a :class:`~adanat.sampling.Controller`: the mean action by default, or
-    actions sampled with the exploration std when ``stochastic``, drawn from ``generators`` (one
+    actions sampled with the exploration std when ``stochastic``, drawn from ``rngs`` (one
     for the batch or one per row, e.g. the generation's own row streams)."""
 
     def __init__(
@@ -138,11 +138,11 @@ class PolicyController:
         actor: Actor,
         meta: PolicyMeta,
         stochastic: bool = False,
-        generators: Generators | None = None,
+        rngs: Generators | None = None,
     ) -> None:
-        if stochastic and generators is None:
+        if stochastic and rngs is None:
             raise ValueError("a stochastic policy needs random generators")
-        self.actor, self.meta, self.stochastic, self.generators = actor, meta, stochastic, generators
+        self.actor, self.meta, self.stochastic, self.rngs = actor, meta, stochastic, rngs
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> Controls:
@@ -155,7 +155,7 @@ class PolicyController:
         mean = self.actor(feats, step)  # (B, 4)
         action = mean
         if self.stochastic:
-            assert self.generators is not None
-            noise = normal(mean.shape[0], (4,), self.generators, mean.device)  # (B, 4)
+            assert self.rngs is not None
+            noise = normal(mean.shape[0], (4,), self.rngs, mean.device)  # (B, 4)
             action = mean + self.meta.std * noise
         return self.meta.mapping.controls(action.clamp(-1, 1), state.step)

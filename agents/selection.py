@@ -18,7 +18,7 @@ import torch
 from adanat.agents.export import Actor, PolicyController, PolicyMeta, export_policy
 from adanat.envs.core import NATCore
 
-from adanat.evaluation import controller_fid
+from adanat.evaluation import SampleSpec, controller_fid
 from adanat.metrics import FeatureSpace, FidStatistics
 from adanat.outputs import write_text_atomic
 from adanat.sampling import Controller, ScheduleController
@@ -57,19 +57,8 @@ class FidSelection:
         self.base = saved.get("base_fid")
 
     def _fid(self, controller: Controller) -> float:
-        core = self.core
-        return controller_fid(
-            core.generator,
-            core.tokenizer,
-            controller,
-            self.space,
-            self.reference,
-            self.n,
-            core.steps,
-            self.seed,
-            self.batch_size,
-            core.precision,
-        )
+        spec = SampleSpec(self.n, self.core.steps, self.seed, self.batch_size)
+        return controller_fid(self.core.sampler, controller, self.space, self.reference, spec)
 
     @torch.no_grad()
     def score(self, actor: Actor, meta: PolicyMeta, updates: int, episodes: int) -> FidScore:
@@ -92,3 +81,28 @@ class FidSelection:
             }
             write_text_atomic(self.record, json.dumps(record, indent=2) + "\n")
         return FidScore(fid=fid, best_fid=self.best, base_fid=float(self.base), improved=improved)
+
+
+def world_selection(
+    core: NATCore,
+    world: str,
+    n: int,
+    seed: int,
+    run_dir: Path,
+    statistics: Path | None = None,
+    inception: Path | None = None,
+) -> FidSelection:
+    """Model selection in ``world``'s feature space against its ``selection`` reference (the
+    ``shapes`` reference split, so the held-out split stays for the final evaluation; on ImageNet
+    the statistics file, which must then be given)."""
+    from adanat.metrics import MetricsError, ReferenceRequest
+    from adanat.presets import world_preset
+
+    w = world_preset(world)
+    space = w.metric_space(inception).to(core.device)
+    request = ReferenceRequest(n, w.image_size, core.device, statistics)
+    try:
+        reference = w.reference("selection", space, request)
+    except MetricsError as e:
+        raise ValueError(f"--select-fid on {world}: {e}") from None
+    return FidSelection(core, space, reference.stats, n, seed, run_dir)

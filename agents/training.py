@@ -34,7 +34,7 @@ from adanat.agents.callbacks import (
 from adanat.agents.evaluation import PolicyEvaluator
 from adanat.agents.export import Actor, PolicyMeta, export_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.agents.selection import FidSelection
+from adanat.agents.selection import FidSelection, world_selection
 from adanat.envs.spec import EnvConfig, build_core, load_env_models
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
 from adanat.rewards.base import LearnedReward
@@ -215,21 +215,12 @@ class PolicyTrainer:
         self._digests: tuple[str, str] | None = None
 
     def _fid_selection(self) -> FidSelection:
-        from adanat.distributed import Shard
-        from adanat.evaluation import shapes_reference
-        from adanat.metrics import FidStatistics, inception_feature_space, shapes_feature_space
-
-        cfg, dev = self.cfg, torch.device(self.device)
-        if cfg.env.world == "shapes":
-            space = shapes_feature_space().to(dev)
-            # the "reference" split: the held-out split stays for the final evaluation
-            reference = shapes_reference(space, cfg.select_fid, Shard(), dev, split="reference").stats
-        else:
-            if cfg.fid_reference is None:
-                raise ValueError(f"--select-fid on {cfg.env.world} needs --fid-reference fid_stats.npz")
-            reference = FidStatistics.load(cfg.fid_reference)
-            space = inception_feature_space(cfg.inception).to(dev)
-        return FidSelection(self.core, space, reference, cfg.select_fid, cfg.select_fid_seed, self.run_dir)
+        cfg = self.cfg
+        stats = Path(cfg.fid_reference) if cfg.fid_reference else None
+        inception = Path(cfg.inception) if cfg.inception else None
+        return world_selection(
+            self.core, cfg.env.world, cfg.select_fid, cfg.select_fid_seed, self.run_dir, stats, inception
+        )
 
     # -- the exported actor ------------------------------------------------------------
     def actor(self) -> Actor:
@@ -275,7 +266,7 @@ class PolicyTrainer:
                 "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
                 "numpy_pos": int(np_state[2]),
                 "python": list(random.getstate()[1]),
-                "rows": [g.get_state() for g in self.core.generators],
+                "rows": [g.get_state() for g in self.core.rngs],
                 "labels": self.core.labels.cpu(),
             },
             tmp / "rng.pt",
@@ -317,8 +308,8 @@ class PolicyTrainer:
         self.venv.seed(self.cfg.seed)
         self.monitor.reset()
         rows = rng["rows"]
-        if all(g.get_state().numel() == r.numel() for g, r in zip(self.core.generators, rows, strict=True)):
-            for g, r in zip(self.core.generators, rows, strict=True):
+        if all(g.get_state().numel() == r.numel() for g, r in zip(self.core.rngs, rows, strict=True)):
+            for g, r in zip(self.core.rngs, rows, strict=True):
                 g.set_state(r)
         else:  # saved on another kind of device: its generator states do not load here
             seeds = np.random.SeedSequence([self.cfg.seed, int(state["rollouts"])]).generate_state(len(rows))

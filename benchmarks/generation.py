@@ -7,10 +7,19 @@ Prints, per image at T steps with guidance (both branches):
 * per-sample (ragged) schedules vs one shared schedule: FLOPs and wall time (target <= 1.10x),
   beside the per-row loop that ragged batching replaces;
 * FLOPs of one ENAT-L in256 T=8 generation with guidance at batch 1 (random weights),
-  generator and VQ decoder apart, next to the paper's 0.3 TFLOPs.
+  generator and VQ decoder apart, next to the official model's counts and the paper's 0.3 TFLOPs.
 
-FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2
-FLOPs; the MAC column halves it (papers often call MACs "FLOPs").
+FLOPs come from :func:`adanat.flops.count_flops`: ``torch.utils.flop_counter.FlopCounterMode``
+with the CPU attention kernel counted (torch counts it as 0), 2 FLOPs per multiply-add; the MAC
+column halves it (papers often call MACs "FLOPs").
+
+The official ENAT-L in256 counts 0.507 TFLOPs with reuse, 0.890 without and 0.187 for the VQ
+decoder. Ours are lower by the token head only: the official code computes logits at every
+position, ours at the masked ones (the only ones a sampler reads), which saves 4.2 MFLOPs per
+visible token, step and branch: 1,248 of them, 0.005 TFLOPs. ``large_flops`` prints that and the
+sums, which match: 0.502 + 0.005 = 0.507 with reuse, 0.884 + 0.005 = 0.890 without (attention is
+0.0105 and 0.0220 of those; torch's counter alone, which counts the CPU attention kernel as 0,
+gave 0.492 and 0.862).
 
     python benchmarks/generation.py                # defaults: enat-s-in256, batch 8, T=8
     python benchmarks/generation.py --quick        # tiny model, for a smoke run
@@ -29,16 +38,25 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from adanat.flops import count_flops
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
 from adanat.rng import row_generators
-from adanat.sampling import Controller, Controls, GenerationState, ScheduleController, generate
+from adanat.sampling import (
+    Controller,
+    Controls,
+    Generation,
+    GenerationState,
+    ScheduleController,
+    generate,
+)
 from adanat.schedules import Schedule, load_schedule
 
 PAPER_ENAT_L_T8_TFLOPS = 0.3
+# the official ENAT-L in256 code's counts, guided T=8 at batch 1 (TFLOPs, 2 per multiply-add)
+OFFICIAL_ENAT_L_TFLOPS = {"reuse": 0.507, "no reuse": 0.890, "decoder": 0.187}
 
 
 class JitteredSchedule:
@@ -64,12 +82,6 @@ def random_enat(name: str | ENATConfig, device: torch.device, seed: int = 0) -> 
     for block in model.blocks:
         torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
     return model.eval().to(device)
-
-
-def flops_of(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def wall_times(
@@ -119,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
         "per-sample schedules (ragged batch)": lambda: gen(ragged),
         "per-sample schedules (loop over rows)": per_row_loop,
     }
-    flops = {k: flops_of(fn) / b for k, fn in cases.items()}
+    flops = {k: count_flops(fn).total / b for k, fn in cases.items()}
     times = {k: t / b for k, t in wall_times(cases, args.repeats, device).items()}
 
     print(
@@ -173,27 +185,55 @@ def preset_models(name: str, device: torch.device) -> tuple[ENAT, MaskGITVQGAN, 
     return model, tokenizer, schedule, preset.generator.grid
 
 
+def head_flops_per_token(config: ENATConfig) -> int:
+    """FLOPs of the token head at one position: ``fc`` (D x D) and the tied word table (D x (K+1))."""
+    d = config.width
+    return 2 * d * d + 2 * d * (config.codebook_size + 1)
+
+
 def large_flops(name: str, device: torch.device) -> None:
-    """FLOPs of one guided T=8 generation at batch 1 with random weights, generator and decoder apart."""
+    """FLOPs of one guided T=8 generation at batch 1 with random weights, generator and decoder
+    apart, beside the official code's counts (which run the head at every position)."""
     model, tokenizer, schedule, grid = preset_models(name, device)
     labels = torch.tensor([207], device=device)
-    out = {}
-    gen_flops = flops_of(
-        lambda: out.setdefault("g", generate(model, labels, schedule, 8, row_generators(0, 1, device)))
-    )
-    dec_flops = flops_of(lambda: tokenizer.decode(out["g"].ids.reshape(1, grid, grid)))
-    noreuse = flops_of(
-        lambda: generate(model, labels, schedule, 8, row_generators(0, 1, device), reuse=False)
-    )
-    total = gen_flops + dec_flops
-    print(f"{name}, T=8, guidance, batch 1 (random weights):")
-    print(f"  generator (reuse)     {gen_flops / 1e12:.3f} TFLOPs = {gen_flops / 2e12:.3f} TMACs")
-    print(f"  generator (no reuse)  {noreuse / 1e12:.3f} TFLOPs = {noreuse / 2e12:.3f} TMACs")
-    print(f"  VQ decoder            {dec_flops / 1e12:.3f} TFLOPs = {dec_flops / 2e12:.3f} TMACs")
+    out: dict[str, Generation] = {}
+    top = type(model).__name__
+
+    def gen_once(reuse: bool) -> Generation:
+        return generate(model, labels, schedule, 8, row_generators(0, 1, device), reuse=reuse)
+
+    gen = count_flops(lambda: out.setdefault("reuse", gen_once(True)))
+    dec = count_flops(lambda: tokenizer.decode(out["reuse"].ids.reshape(1, grid, grid)))
+    noreuse = count_flops(lambda: out.setdefault("no reuse", gen_once(False)))
+    rows = {
+        "generator (reuse)": (gen.of(top), gen.attention, OFFICIAL_ENAT_L_TFLOPS["reuse"]),
+        "generator (no reuse)": (noreuse.of(top), noreuse.attention, OFFICIAL_ENAT_L_TFLOPS["no reuse"]),
+        # ``decode`` is not ``forward``: the counter names the decoder's top module ``Decoder``
+        "VQ decoder": (dec.total, dec.attention, OFFICIAL_ENAT_L_TFLOPS["decoder"]),
+    }
+    total = gen.of(top) + dec.total
+    print(f"{name}, T=8, guidance, batch 1 (random weights), attention included:")
+    print(f"  {'':22s} {'TFLOPs':>7s} {'TMACs':>7s} {'attention':>9s} {'official':>8s}")
+    for k, (f, att, off) in rows.items():
+        print(f"  {k:22s} {f / 1e12:7.3f} {f / 2e12:7.3f} {att / 1e12:9.4f} {off:8.3f}")
     print(
-        f"  total                 {total / 1e12:.3f} TFLOPs = {total / 2e12:.3f} TMACs "
+        f"  {'total':22s} {total / 1e12:7.3f} {total / 2e12:7.3f} "
         f"(paper: {PAPER_ENAT_L_T8_TFLOPS} TFLOPs with the VQ decoder)"
     )
+    per_token = head_flops_per_token(model.config)
+    print(
+        f"  head ({per_token / 1e6:.2f} MFLOPs a token): official at every position, ours at masked ones; "
+        "ours + visible ones:"
+    )
+    for k in ("reuse", "no reuse"):
+        # visible positions at each step's input, both branches: where only the official head runs
+        visible = 2 * int((model.config.seq_len - out[k].num_masked[:, :-1]).sum())
+        ours = rows[f"generator ({k})"][0]
+        print(
+            f"    {k:8s} {ours / 1e12:.3f} + {visible} visible tokens (steps x branches) "
+            f"x {per_token / 1e6:.2f} MFLOPs = {(ours + visible * per_token) / 1e12:.3f} TFLOPs "
+            f"(official {OFFICIAL_ENAT_L_TFLOPS[k]:.3f})"
+        )
 
 
 def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:

@@ -11,7 +11,7 @@ from adanat.envs.actions import ActionMapping
 from adanat.envs.core import Finished, NATCore
 from adanat.envs.nat_env import NATEnv
 from adanat.envs.observation import ObservationForm
-from adanat.envs.spec import EnvConfig, build_core, default_base_schedule
+from adanat.envs.spec import EnvConfig, build_core
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
 
 from adanat.presets import world_names
@@ -26,7 +26,6 @@ __all__ = [
     "NATVecEnv",
     "ObservationForm",
     "build_core",
-    "default_base_schedule",
     "make_env",
     "make_vec_env",
 ]

@@ -36,7 +36,7 @@ class NATEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        if seed is not None or not self.core.generators:
+        if seed is not None or not self.core.rngs:
             self.core.seed([seed if seed is not None else int(self.np_random.integers(2**62))])
             obs = self.core.reset()
         elif self._started:  # the core started this episode when the last one ended

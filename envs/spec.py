@@ -12,20 +12,10 @@ from adanat.rewards.base import Reward
 from adanat.rewards.registry import RewardOptions, make_reward
 
 from adanat.precision import check_precision
-from adanat.schedules import Schedule, builtin_schedule_names, load_schedule
+from adanat.sampling import NATSampler
+from adanat.presets import world_preset
+from adanat.schedules import Schedule, load_schedule
 from adanat.weights import LoadedModels, load_models
-
-
-def default_base_schedule(world: str, steps: int) -> Schedule:
-    """The world's AutoNAT baseline for ``steps``: a schedule searched for the world
-    (``autonat-<world>-t<T>``) when one ships, else the published ``autonat-l-t8`` at T=8,
-    else the ENAT schedule of the world."""
-    searched = f"autonat-{world}-t{steps}"
-    if searched in builtin_schedule_names():
-        return load_schedule(searched, steps=steps)
-    if steps == 8:
-        return load_schedule("autonat-l-t8", steps=8)
-    return load_schedule("enat", steps=steps, variant=world)
 
 
 @dataclass(frozen=True)
@@ -35,7 +25,7 @@ class EnvConfig:
     :param world: ``shapes``, ``in256`` or ``in512``.
     :param steps: generation steps ``T`` per episode.
     :param reward: reward name (see :func:`adanat.rewards.reward_names`).
-    :param base: base schedule name or JSON path; None for :func:`default_base_schedule`.
+    :param base: base schedule name or JSON path; None for the world's (:meth:`adanat.presets.World.base_schedule`).
     :param observation: ``compact`` or ``full``.
     :param action_scale: pre-activation distance of a unit action. 1.0 keeps AdaNAT's exploration:
         its std 0.6 is in pre-activation units (on ``shapes`` at T=4, 2.0 doubled that, and the
@@ -65,7 +55,7 @@ class EnvConfig:
 
     def base_schedule(self) -> Schedule:
         if self.base is None:
-            return default_base_schedule(self.world, self.steps)
+            return world_preset(self.world).base_schedule(self.steps)
         return load_schedule(self.base, steps=self.steps, variant=self.world)
 
 
@@ -86,13 +76,5 @@ def build_core(
     models = models or load_env_models(config, device)
     reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
     mapping = ActionMapping(config.base_schedule(), config.action_scale)
-    return NATCore(
-        models.generator,
-        models.tokenizer,
-        reward,
-        mapping,
-        config.observation,
-        num_rows,
-        labels,
-        config.precision,
-    )
+    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), config.precision)
+    return NATCore(sampler, reward, mapping, config.observation, num_rows, labels)

@@ -34,7 +34,7 @@ class NATVecEnv(VecEnv):
 
     def reset(self) -> dict[str, np.ndarray]:
         # a reset without new seeds continues the row streams
-        if not self.core.generators or any(s is not None for s in self._seeds):
+        if not self.core.rngs or any(s is not None for s in self._seeds):
             self.core.seed([s if s is not None else self._base_seed + i for i, s in enumerate(self._seeds)])
         obs = self.core.reset()
         self._reset_seeds()

@@ -78,19 +78,12 @@ def tiny_core(
     from adanat.envs.actions import ActionMapping
     from adanat.envs.core import NATCore
 
+    from adanat.sampling import NATSampler
     from adanat.schedules import cosine_schedule
 
     preset = model_preset("tiny")
     torch.manual_seed(0)
     vq = MaskGITVQGAN(preset.tokenizer).eval()
     mapping = ActionMapping(cosine_schedule(steps, guidance=2.0), scale=2.0)
-    return NATCore(
-        random_enat(preset.generator),
-        vq,
-        reward or tiny_reward(),
-        mapping,
-        observation,
-        num_rows,
-        labels,
-        precision,
-    )
+    sampler = NATSampler(random_enat(preset.generator), vq, precision)
+    return NATCore(sampler, reward or tiny_reward(), mapping, observation, num_rows, labels)

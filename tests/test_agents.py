@@ -143,13 +143,13 @@ def test_resume_from_another_kind_of_device_reseeds_the_row_streams(tiny_weights
         trainer = PolicyTrainer(replace(cfg, episodes=16), run)
         trainer.restore()
         assert trainer.rows_reseeded
-        states.append([g.get_state() for g in trainer.core.generators])
+        states.append([g.get_state() for g in trainer.core.rngs])
     assert all(torch.equal(a, b) for a, b in zip(*states, strict=True))  # the same seeds each time
     fresh = PolicyTrainer(cfg, tmp_path / "fresh")
     fresh.venv.seed(cfg.seed)
     fresh.venv.reset()
-    assert len(fresh.core.generators) == len(states[0])  # not the run's first streams again:
-    assert not torch.equal(states[0][0], fresh.core.generators[0].get_state())
+    assert len(fresh.core.rngs) == len(states[0])  # not the run's first streams again:
+    assert not torch.equal(states[0][0], fresh.core.rngs[0].get_state())
     trainer.train()
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["rollouts"] == 4 and state["episodes"] == 16

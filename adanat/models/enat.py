@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adanat.generator import GuidedOutput
+
 
 @dataclass(frozen=True)
 class ENATConfig:
@@ -318,7 +320,9 @@ class ENAT(nn.Module):
     """ENAT generator: ``forward(ids, labels, prev)`` gives logits and the reuse state.
 
     Rows may have different numbers of masked tokens, and under reuse different numbers of newly
-    revealed tokens; each row's output equals running that row alone.
+    revealed tokens; each row's output equals running that row alone. It implements
+    :class:`adanat.generator.NATGenerator` (class ids as the condition, reuse of the previous
+    step's features) through :meth:`guided_forward`.
     """
 
     def __init__(self, config: ENATConfig) -> None:
@@ -348,6 +352,51 @@ class ENAT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+
+    # -- the generator protocol (adanat.generator.NATGenerator) ---------------------------
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def grid(self) -> int:
+        return self.config.grid
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.width
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def reuses_state(self) -> bool:
+        return True
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        """The null class for every row of ``cond`` ``(B,)``."""
+        return torch.full_like(cond, self.config.null_class)  # (B,)
+
+    def guided_forward(
+        self, ids: Tensor, cond: Tensor, state: tuple[ReuseState, ReuseState] | None = None
+    ) -> GuidedOutput:
+        """Conditional and null-class rows of ``ids`` ``(B, L)`` in one forward, each branch with
+        its own reuse state; the state returned is ``(conditional, unconditional)``."""
+        b = ids.shape[0]
+        prev = None if state is None else ReuseState.cat(list(state))
+        out = self(torch.cat([ids, ids]), torch.cat([cond, self.null_condition(cond)]), prev, True)
+        cond_state, uncond_state = out.state.select(slice(0, b)), out.state.select(slice(b, 2 * b))
+        return GuidedOutput(
+            cond_logits=out.logits[:b],  # (B, L, K)
+            uncond_logits=out.logits[b:],  # (B, L, K)
+            features=cond_state.feat.float(),  # (B, L, D)
+            state=(cond_state, uncond_state),
+        )
 
     @property
     def encoder(self) -> nn.ModuleList:

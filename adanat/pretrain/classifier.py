@@ -32,21 +32,22 @@ def train_classifier(
     run.restore(parts)
     model.train()
     with run.progress("metric") as progress:
-        task = progress.add_task("metric", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(run.step, cfg.lr, 0, cfg.steps)
-            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-            logits = model(images[idx].float() / 255)
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)  # (B,)
+            logits = model(images[idx].float() / 255)  # (B, C)
             loss = F.cross_entropy(logits, labels[idx])
+            run.watch(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             run.step += 1
-            if run.step % 20 == 0:
+            info = {}
+            if run.logging_due():
                 acc = (logits.argmax(1) == labels[idx]).float().mean()
-                run.log({"metric/loss": loss.item(), "metric/train_acc": acc.item()})
-                progress.update(task, info=f"loss {loss.item():.3f}")
-            progress.update(task, completed=run.step)
+                info = {"loss": loss.item(), "train_acc": acc.item()}
+                run.log({"metric/loss": info["loss"], "metric/train_acc": info["train_acc"]})
+            progress.advance(1, **info)
             run.checkpoint(parts)
     return model.eval()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -51,6 +52,14 @@ class GeneratorTraining:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        for name, low in (("steps", 1), ("batch_size", 1), ("warmup", 0), ("reuse_chain", 1)):
+            if (value := getattr(self, name)) < low:
+                raise ValueError(f"generator training: {name} must be at least {low}, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"generator training: lr must be a positive finite number, got {self.lr}")
+        for name in ("ema_decay", "p_uncond", "reuse_prob", "label_smoothing"):
+            if not 0 <= (value := getattr(self, name)) <= 1:
+                raise ValueError(f"generator training: {name} must be in [0, 1], got {value}")
 
 
 @contextlib.contextmanager
@@ -147,22 +156,23 @@ def train_generator(
 
     model.train()
     with run.progress("generator") as progress:
-        task = progress.add_task("generator", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
             loss, logits, targets = train_step(model, ema, opt, tokens, labels, cfg, gen, run.step)
+            run.watch(loss)
             run.step += 1
-            if run.step % 20 == 0:
+            info = {}
+            if run.logging_due():
                 sel = targets != -100  # (B, L)
-                acc = (logits.argmax(-1)[sel] == targets[sel]).float().mean()
+                acc = float((logits.argmax(-1)[sel] == targets[sel]).float().mean())
+                info = {"loss": loss.item(), "masked_acc": acc}
                 run.log(
                     {
-                        "generator/loss": loss.item(),
-                        "generator/masked_acc": float(acc),
+                        "generator/loss": info["loss"],
+                        "generator/masked_acc": acc,
                         "generator/lr": warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps, 0.05),
                     }
                 )
-                progress.update(task, info=f"loss {loss.item():.3f}")
-            progress.update(task, completed=run.step)
+            progress.advance(1, **info)
             run.checkpoint(parts)
     return ema
 

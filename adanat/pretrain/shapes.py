@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adanat.assets import manifest_entry, sha256_of
-from adanat.checkpoints import load_generator, load_tokenizer
+from adanat.checkpoints import CheckpointError, load_generator, load_tokenizer, read_state_dict
 from adanat.evaluation import generate_samples
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
@@ -32,8 +32,9 @@ from adanat.presets import generator_config, tokenizer_config
 from adanat.pretrain.classifier import ClassifierTraining, train_classifier
 from adanat.pretrain.codebook import code_usage, encode_uint8, prune_codebook
 from adanat.pretrain.generator import GeneratorTraining, train_generator
-from adanat.pretrain.run import TrainingRun
+from adanat.pretrain.run import NonFiniteError, RunFolderError, TrainingRun, non_finite
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
+from adanat.progress import StepProgress
 from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
@@ -98,30 +99,115 @@ def render_split(split: str, n: int, cache: Path) -> tuple[Tensor, Tensor]:
     """uint8 images ``(n, 3, 32, 32)`` and labels ``(n,)`` of a split, cached as safetensors under
     a name that carries :func:`world_fingerprint` (a changed world never reuses old images)."""
     path = cache / f"{split}-{world_fingerprint(split)}-{n}.safetensors"
-    if path.is_file():
-        d = load_file(str(path))
-        return d["images"], d["labels"]
+    cached = _read_cache(path, ("images", "labels"))
+    if cached is not None:
+        return cached
     ds = ShapesDataset(split, n)
     images = torch.empty(n, 3, 32, 32, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
-    with Progress() as progress:
-        task = progress.add_task(f"rendering {split}", total=n)
+    with StepProgress(f"rendering {split}", n, every=5000) as progress:
         for i in range(n):
             img, y = ds[i]
             images[i] = to_uint8(img)
             labels[i] = y
-            if i % 500 == 0:
-                progress.update(task, completed=i)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"images": images, "labels": labels}, str(tmp))
-    tmp.replace(path)
+            progress.advance(1)
+    _write_cache(path, {"images": images, "labels": labels})
     return images, labels
+
+
+def _read_cache(path: Path, keys: tuple[str, ...]) -> tuple[Tensor, ...] | None:
+    """The tensors ``keys`` of a cache file, or None when it is missing or unreadable (it is then
+    made again: a cache holds nothing that cannot be recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        d = load_file(str(path))
+        return tuple(d[k] for k in keys)
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
+def _write_cache(path: Path, tensors: dict[str, Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
 
 
 def _vqgan_config(d: dict) -> VQGANConfig:
     """A tokenizer config from its manifest (JSON) form."""
     return VQGANConfig(**{**d, "ch_mult": tuple(d["ch_mult"])})
+
+
+RUN_MARKER = "pretrain-run.json"  # names a folder as a pretrain run folder (world, tiny or not)
+# what a run folder made before the marker existed holds: a stage's checkpoint or the full tokenizer
+_LEGACY_RUN_FILES = ("metric/checkpoint.pt", "generator/checkpoint.pt", "tokenizer-*/checkpoint.pt")
+
+
+def read_pretrain_manifest(folder: Path) -> dict | None:
+    """The manifest of an output folder, None when it has none; :class:`RunFolderError` when it is
+    not a JSON object."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path} is not valid JSON ({e}); repair or remove it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models", {}), dict):
+        raise RunFolderError(f"{path} is not a manifest of pretrained models")
+    return manifest
+
+
+def check_run_dir(run_dir: Path, world: str, tiny: bool) -> bool:
+    """Refuse a ``--run-dir`` that is a file, a non-empty folder of something else, or the run
+    folder of another world or size (``--tiny`` or not). A folder of this kind of run carries
+    :data:`RUN_MARKER` (or, from before it existed, a stage checkpoint). Returns whether the marker
+    must be written."""
+    if not run_dir.exists():
+        return True
+    if not run_dir.is_dir():
+        raise RunFolderError(f"--run-dir {run_dir} is a file, not a folder")
+    marker = run_dir / RUN_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            kind = (info["world"], bool(info["tiny"]))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise RunFolderError(f"{marker} is not a valid run marker; repair or remove it") from None
+        if kind != (world, tiny):
+            raise RunFolderError(
+                f"--run-dir {run_dir} holds {_size(kind[1])} {kind[0]} run, not {_size(tiny)} {world} one; "
+                "give another --run-dir"
+            )
+        return False
+    if not any(run_dir.iterdir()) or any(any(run_dir.glob(g)) for g in _LEGACY_RUN_FILES):
+        return True
+    raise RunFolderError(
+        f"--run-dir {run_dir} is a non-empty folder that is not a pretrain run folder (no {RUN_MARKER}); "
+        "give a new or empty folder"
+    )
+
+
+def _size(tiny: bool) -> str:
+    return "a --tiny" if tiny else "a full-size"
+
+
+def write_run_marker(run_dir: Path, world: str, tiny: bool) -> None:
+    write_text_atomic(run_dir / RUN_MARKER, json.dumps({"world": world, "tiny": tiny}) + "\n")
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder without a pretrain manifest."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder")
+    if read_pretrain_manifest(out) is None and any(out.iterdir()):
+        raise RunFolderError(
+            f"--out {out} is a non-empty folder without a manifest.json of pretrained models; "
+            "give a new or empty folder"
+        )
 
 
 class ShapesPretrainer:
@@ -137,7 +223,6 @@ class ShapesPretrainer:
     ) -> None:
         self.cfg, self.run_dir, self.out_dir, self.command = cfg, run_dir, out_dir, command
         self.device = torch.device(device)  # where the generator trains (other stages: CPU)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cache = run_dir / "data"
 
     def data(self, split: str) -> tuple[Tensor, Tensor]:
@@ -156,13 +241,18 @@ class ShapesPretrainer:
         **extra: object,
     ) -> None:
         """Write weights and their manifest entry; ``command`` and ``world`` (fingerprint) default
-        to this run's, and are passed on when an entry made by an earlier run is rewritten."""
+        to this run's, and are passed on when an entry made by an earlier run is rewritten; weights
+        holding NaN or inf are refused."""
+        bad = non_finite(state)
+        if bad is not None:
+            raise NonFiniteError(f"{name}: {bad} is non-finite; not written to {self.out_dir}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{name}.safetensors"
         tmp = self.out_dir / f".{name}.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         tmp.replace(path)
         manifest_path = self.out_dir / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"world": "shapes"}
+        manifest = self.manifest() or {"world": "shapes"}
         manifest["classes"] = list(CLASSES)
         manifest.setdefault("models", {})[name] = manifest_entry(
             path,
@@ -233,11 +323,9 @@ class ShapesPretrainer:
         reconstructions lose at most ``prune_tolerance_db`` PSNR and ``prune_tolerance_accuracy``
         metric-network accuracy against the full codebook."""
         t0 = time.perf_counter()
-        manifest_path, out_tok = self.out_dir / "manifest.json", self.out_dir / "tokenizer.safetensors"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        entry = manifest.get("models", {}).get("tokenizer")
-        if entry is None or not out_tok.is_file() or not (self.out_dir / "metric.safetensors").is_file():
-            raise FileNotFoundError("the prune stage needs the metric and tokenizer stages first")
+        out_tok = self.out_dir / "tokenizer.safetensors"
+        self._needs_for_prune()
+        entry = self.manifest()["models"]["tokenizer"]
         full_path, full_entry_path = (
             self.run_dir / "tokenizer-full.safetensors",
             self.run_dir / "tokenizer-full.json",
@@ -314,10 +402,23 @@ class ShapesPretrainer:
         metric.load_state_dict(load_file(str(self.out_dir / "metric.safetensors")))
         return metric.eval()
 
+    def manifest(self) -> dict:
+        """The output folder's manifest (empty when there is none yet)."""
+        return read_pretrain_manifest(self.out_dir) or {}
+
     def tokenizer_config(self) -> VQGANConfig:
         """The shipped tokenizer's config (its codebook size comes from the sweep)."""
-        manifest = json.loads((self.out_dir / "manifest.json").read_text())
-        return _vqgan_config(manifest["models"]["tokenizer"]["config"])
+        entry = self.manifest().get("models", {}).get("tokenizer")
+        if entry is None or not (self.out_dir / "tokenizer.safetensors").is_file():
+            raise FileNotFoundError(
+                f"the generator stage needs the tokenizer stage first (no tokenizer in {self.out_dir}: "
+                "run --stage tokenizer with this --out, or give an --out that has one)"
+            )
+        try:
+            return _vqgan_config(entry["config"])
+        except (KeyError, TypeError) as e:
+            where = self.out_dir / "manifest.json"
+            raise RunFolderError(f"{where}: the tokenizer entry has no valid config ({e})") from None
 
     def generator_config(self) -> ENATConfig:
         """The generator's config, its vocabulary matched to the shipped tokenizer."""
@@ -327,34 +428,31 @@ class ShapesPretrainer:
         """The training set tokenised by the shipped tokenizer, cached per tokenizer hash and world
         fingerprint (the same tokenizer file on a changed world must not reuse old tokens)."""
         tok_path = self.out_dir / "tokenizer.safetensors"
-        if not tok_path.is_file():
-            raise FileNotFoundError("the generator stage needs the tokenizer stage first")
+        config = self.tokenizer_config()  # a missing tokenizer fails here
         digest = sha256_of(tok_path)[:16]
         world = world_fingerprint("train")
         path = self.cache / f"tokens-{digest}-{world}-{self.cfg.train_images}.safetensors"
-        if path.is_file():
-            d = load_file(str(path))
-            return d["tokens"], d["labels"]
-        model = load_tokenizer(tok_path, self.tokenizer_config())
+        cached = _read_cache(path, ("tokens", "labels"))
+        if cached is not None:
+            return cached
+        model = load_tokenizer(tok_path, config)
         images, labels = self.data("train")
         tokens = encode_uint8(model, images).flatten(1)  # (N, L)
-        save_file({"tokens": tokens, "labels": labels}, str(path))
+        _write_cache(path, {"tokens": tokens, "labels": labels})
         return tokens, labels
 
     def generator(self, init: Path | None = None) -> dict[str, float]:
         """Train the generator; ``init`` (safetensors of the same config) continues an earlier
         training instead of starting from random weights (its hash goes into the manifest)."""
-        if init is not None and not init.is_file():
-            raise FileNotFoundError(f"--init-generator: no such file: {init}")
         t0 = time.perf_counter()
+        config = self.generator_config()
+        start = self._init_generator(init, config)  # a missing, mismatched or corrupt file fails first
         tokens, labels = self.tokens()
         torch.manual_seed(self.cfg.generator_training.seed)
-        config = self.generator_config()
         model = ENAT(config).to(self.device)
         run = TrainingRun(self.run_dir / "generator", self.cfg.generator_training.steps)
         extra: dict[str, object] = {}
-        if init is not None:
-            start = load_generator(init, config)  # a mismatched or corrupt file fails before training
+        if init is not None and start is not None:
             extra["init"] = self._generator_init(init, run.folder)
             model.load_state_dict(start.state_dict())
         if self.device.type == "cuda":  # the manifest says where a model was trained off the CPU
@@ -365,6 +463,18 @@ class ShapesPretrainer:
         self._write("generator", ema.state_dict(), config, quality, seconds, **extra)
         return quality
 
+    @staticmethod
+    def _init_generator(init: Path | None, config: ENATConfig) -> ENAT | None:
+        """The ``--init-generator`` weights loaded for ``config``, or None without a file."""
+        if init is None:
+            return None
+        if not init.is_file():
+            raise FileNotFoundError(f"--init-generator: no such file: {init}")
+        try:
+            return load_generator(init, config)
+        except CheckpointError as e:
+            raise CheckpointError(f"--init-generator: {e} (a generator of this run's config?)") from None
+
     def _generator_init(self, init: Path, folder: Path) -> dict[str, object]:
         """The starting point's record: its hash and, when it is a manifest's generator, that
         entry's command and quality. Saved in the run folder at the first start, so a resumed run
@@ -372,6 +482,7 @@ class ShapesPretrainer:
         record_path = folder / "init.json"
         if record_path.is_file():
             return json.loads(record_path.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
         record: dict[str, object] = {"sha256": sha256_of(init)}
         manifest_path = init.parent / "manifest.json"
         if manifest_path.is_file():
@@ -397,8 +508,45 @@ class ShapesPretrainer:
             out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, samples.images, samples.labels)
         return out
 
+    def check(self, stages: tuple[str, ...], init_generator: Path | None = None) -> None:
+        """What can be checked before any stage runs, reading only: the stages' checkpoints in the
+        run folder, the files a stage needs from an earlier one that is not run now, and the
+        ``--init-generator`` file (its fit to the config, when the tokenizer is not trained now)."""
+        folders = {"metric": ["metric"], "generator": ["generator"]}
+        folders["tokenizer"] = [
+            p.name for p in sorted(self.run_dir.glob("tokenizer-*")) if p.name != "tokenizer-full.json"
+        ]
+        for stage in stages:
+            for name in folders.get(stage, []):
+                if (self.run_dir / name / "checkpoint.pt").is_file():
+                    TrainingRun(self.run_dir / name, 1).resume()  # a corrupt checkpoint fails here
+        before = set(stages[: stages.index("prune")]) if "prune" in stages else set()
+        if "prune" in stages and not {"metric", "tokenizer"} <= before:
+            self._needs_for_prune()
+        if "generator" in stages:
+            if "tokenizer" not in stages[: stages.index("generator")]:
+                self._init_generator(init_generator, self.generator_config())
+            elif init_generator is not None:
+                if not init_generator.is_file():
+                    raise FileNotFoundError(f"--init-generator: no such file: {init_generator}")
+                try:
+                    read_state_dict(init_generator)
+                except CheckpointError as e:
+                    raise CheckpointError(f"--init-generator: {e}") from None
+
+    def _needs_for_prune(self) -> None:
+        entry = self.manifest().get("models", {}).get("tokenizer")
+        if (
+            entry is None
+            or not (self.out_dir / "tokenizer.safetensors").is_file()
+            or not (self.out_dir / "metric.safetensors").is_file()
+        ):
+            raise FileNotFoundError("the prune stage needs the metric and tokenizer stages first")
+
     def run(self, stages: tuple[str, ...], init_generator: Path | None = None) -> dict[str, dict[str, float]]:
-        """Run ``stages`` in order; ``init_generator`` is passed to the generator stage."""
+        """Run ``stages`` in order (after :meth:`check`); ``init_generator`` is passed to the
+        generator stage."""
+        self.check(stages, init_generator)
         return {
             stage: self.generator(init_generator) if stage == "generator" else getattr(self, stage)()
             for stage in stages

@@ -98,28 +98,30 @@ def train_tokenizer(
 
     model.train()
     with run.progress("tokenizer") as progress:
-        task = progress.add_task("tokenizer", total=cfg.steps, completed=run.step, info="")
         while run.step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps)
-            idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
+            idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)  # (B,)
             images = train[idx].float() / 255  # (B, 3, H, W)
             loss, losses, ids = vq_losses(model, images, cfg.beta)
+            run.watch(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             run.step += 1
-            used = torch.zeros(k, dtype=torch.bool)
+            used = torch.zeros(k, dtype=torch.bool)  # (K,)
             used[ids.flatten()] = True
             last_used[used] = run.step
             if run.step % cfg.restart_every == 0:
                 _restart_dead_codes(model, images, last_used, run.step, cfg.restart_every, gen)
-            if run.step % 20 == 0:
+            info = {}
+            if run.logging_due():
                 run.log({f"tokenizer/{k_}": v.item() for k_, v in losses.items()})
                 with torch.no_grad():
-                    run.log({"tokenizer/psnr": float(psnr(model.decode_raw(ids).clamp(0, 1), images))})
-                progress.update(task, info=f"l1 {losses['l1'].item():.4f}")
-            progress.update(task, completed=run.step)
+                    recon = model.decode_raw(ids).clamp(0, 1)  # (B, 3, H, W)
+                info = {"l1": losses["l1"].item(), "psnr": float(psnr(recon, images))}
+                run.log({"tokenizer/psnr": info["psnr"]})
+            progress.advance(1, **info)
             run.checkpoint(parts)
     return model.eval()
 

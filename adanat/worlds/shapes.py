@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from adanat.metrics import FeatureSpace, Reference, ReferenceRequest
 
 CLASSES: tuple[str, ...] = (
     "circle",
@@ -189,3 +193,49 @@ class ShapesDataset(Dataset):
             raise IndexError(index)
         label = index % len(CLASSES)
         return render(self.seed, index, label), label
+
+
+# --- the world's reference and quality numbers (its metric network's feature space) ---------
+
+
+def real_images(split: str, n: int) -> Tensor:
+    """``n`` uint8 images ``(n, 3, 32, 32)`` of a split."""
+    from adanat.outputs import to_uint8
+
+    ds = ShapesDataset(split, n)
+    return to_uint8(torch.stack([ds[i][0] for i in range(n)]))
+
+
+@torch.no_grad()
+def shapes_reference(space: FeatureSpace, split: str, request: ReferenceRequest) -> Reference:
+    """Features of ``request.n`` real images of ``split`` (sharded like the generated ones: each
+    process renders only its own batches)."""
+    from adanat.metrics import FidStatistics, Reference, features_of_batches
+    from adanat.outputs import to_uint8
+
+    n = request.n
+    ds = ShapesDataset(split, n)
+
+    def render(rows: range) -> Tensor:
+        return to_uint8(torch.stack([ds[i][0] for i in rows]))  # (b, 3, H, W)
+
+    feats = features_of_batches(space, n, render, request.shard, request.device, request.batch_size)  # (n, F)
+    return Reference(FidStatistics.of(feats), feats, f"shapes {split} split, {n} images")
+
+
+def shapes_quality(images: Tensor, labels: Tensor, reference: Tensor, seed: int = 0) -> dict[str, float]:
+    """FID, IS, precision, recall (metric-network space) and class accuracy of uint8 ``images``
+    ``(N, 3, H, W)`` with ``labels`` ``(N,)`` against uint8 ``reference`` images."""
+    from adanat.assets import load_metric_network
+    from adanat.metrics import fidelity_metrics, register_shapes_extractor
+    from adanat.models.classifier import accuracy
+
+    out = fidelity_metrics(images, reference, register_shapes_extractor(), seed=seed)
+    out["class_accuracy"] = accuracy(load_metric_network(), images, labels)
+    return out
+
+
+def shapes_floor(n: int, seed: int = 0) -> dict[str, float]:
+    """Real-vs-real numbers: the held-out split against the reference split."""
+    held, ref = real_images("heldout", n), real_images("reference", n)
+    return shapes_quality(ref, torch.arange(n) % len(CLASSES), held, seed)

@@ -1,0 +1,40 @@
+"""The ``adanat`` command line: one module per command, common options in :mod:`adanat.cli.common`.
+
+Each command module has ``add_parser(subparsers)``, which registers its options (sharing the
+parent parsers of :mod:`~adanat.cli.common`) and sets ``run``, the function that carries it out.
+Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from adanat.cli import eval as eval_command
+from adanat.cli import sample, search
+from adanat.cli.common import EXPECTED_ERRORS, Parser, UsageError, resolve_device
+
+__all__ = ["Parser", "UsageError", "build_parser", "main", "resolve_device"]
+
+COMMANDS = (sample, eval_command, search)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="adanat", description="Adaptive generation policies for NAT image generators.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``adanat`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except EXPECTED_ERRORS as e:
+        print(f"adanat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"adanat {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,223 @@
+"""What the ``adanat`` commands share: the one-line error convention, the parent parsers of the
+model, generation and output options (declared once, shared through argparse ``parents=``), and
+turning those options into a device, a world, a sampler and a controller.
+
+Bad input ends with one line on stderr and exit code 2: argparse errors through :class:`Parser`,
+everything checked after parsing as :class:`UsageError` (or one of :data:`EXPECTED_ERRORS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from adanat.assets import sha256_of
+from adanat.checkpoints import CheckpointError
+from adanat.configs import Flag, add_flags
+from adanat.metrics import MetricsError
+from adanat.outputs import OutputError
+from adanat.precision import PRECISIONS
+from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
+from adanat.rng import Generators
+from adanat.sampling import Controller, NATSampler, ScheduleController
+from adanat.schedules import Schedule, ScheduleError, builtin_schedule_names, load_schedule
+from adanat.search import SearchError
+from adanat.weights import LoadedModels, load_models, resolve_preset
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used."""
+
+
+EXPECTED_ERRORS = (UsageError, CheckpointError, ScheduleError, OutputError, SearchError, MetricsError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# -- value types: refuse at the edge ---------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds are integers >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are the
+    others accepted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r} is not supported (auto, cpu, cuda, cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name} asked for, but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+# -- parent parsers ------------------------------------------------------------------------
+
+
+def model_options() -> argparse.ArgumentParser:
+    """``--preset`` (a world or a model preset), weights, device and batch size."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--preset",
+        "--world",
+        dest="preset",
+        default="shapes",
+        help="world or model preset: " + ", ".join(world_names() + model_preset_names()),
+    )
+    p.add_argument("--generator", type=Path, help="generator checkpoint (.pth or .safetensors)")
+    p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per generation batch")
+    return p
+
+
+def generation_options() -> argparse.ArgumentParser:
+    """The schedule or policy, ``T``, the seed and the sampler's settings (flags of
+    :class:`~adanat.sampling.NATSampler`'s fields)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--policy",
+        default="enat",
+        help=f"built-in schedule ({', '.join(builtin_schedule_names())}), a schedule JSON path, "
+        "or an exported policy folder (RUN_DIR/policy)",
+    )
+    p.add_argument("--stochastic", action="store_true", help="sample a policy's actions (default: its mean)")
+    p.add_argument(
+        "--steps", "-T", type=positive_int, default=None, help="T (default: the world's, or the policy's)"
+    )
+    p.add_argument("--seed", type=seed_int, default=0, help="image i comes from row stream i of this seed")
+    add_flags(p, NATSampler, [Flag("precision", choices=PRECISIONS), "reuse"])
+    return p
+
+
+# -- from options to objects -----------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What ``--preset`` names: the model preset and its world (None for a bare model preset)."""
+
+    preset: ModelPreset
+    world: World | None
+
+    @staticmethod
+    def of(name: str) -> Target:
+        return Target(*resolve_preset(name))
+
+    @property
+    def world_name(self) -> str | None:
+        return None if self.world is None else self.world.name
+
+    def steps(self, given: int | None) -> int:
+        """``T``: as given, else the world's default."""
+        return given if given is not None else default_steps(self.world)
+
+
+def is_policy_folder(policy: str) -> bool:
+    """A folder is an exported learned policy (``RUN_DIR/policy``); anything else names a schedule."""
+    return Path(policy).is_dir()
+
+
+def schedule_of(args: argparse.Namespace, target: Target) -> Schedule | None:
+    """The schedule ``--policy`` names (checked before any weights load), or None for a policy folder."""
+    if is_policy_folder(args.policy):
+        return None
+    return load_schedule(args.policy, steps=target.steps(args.steps), variant=target.preset.enat_variant)
+
+
+def load_sampler(args: argparse.Namespace, device: torch.device) -> tuple[LoadedModels, NATSampler]:
+    """The preset's models (strictly loaded) as a sampler with the options' precision and reuse."""
+    models = load_models(args.preset, args.generator, args.tokenizer, device)
+    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), args.precision, args.reuse)
+    return models, sampler
+
+
+def policy_controllers(
+    args: argparse.Namespace, schedule: Schedule | None, target: Target, models: LoadedModels
+) -> tuple[Callable[[Generators], Controller], int, dict[str, object]]:
+    """``(controller for a batch's row generators, T, description)`` for a schedule (given,
+    already loaded) or the policy folder ``args.policy``, which must fit the loaded models."""
+    if schedule is not None:
+        controller = ScheduleController(schedule)
+        return (lambda _rngs: controller), schedule.steps, {"schedule": schedule.to_dict()}
+    from adanat.agents.export import PolicyController, PolicyError, load_policy
+
+    try:
+        actor, meta = load_policy(Path(args.policy))
+    except PolicyError as e:
+        raise UsageError(str(e)) from None
+    where = f"policy {args.policy} was trained"
+    if (target.world is not None and target.world.name != meta.world) or models.preset.name != meta.preset:
+        raise UsageError(f"{where} for world {meta.world!r} (preset {meta.preset}), not {args.preset!r}")
+    if sha256_of(models.generator_file) != meta.generator_sha256:
+        raise UsageError(f"{where} with another generator than {models.generator_file}")
+    if sha256_of(models.tokenizer_file) != meta.tokenizer_sha256:
+        raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
+    if args.steps not in (None, meta.steps):
+        raise UsageError(f"{where} for --steps {meta.steps}, not {args.steps}")
+    actor = actor.to(next(models.generator.parameters()).device)
+    info = {"policy_meta": meta.to_dict(), "stochastic": args.stochastic}
+    return (lambda rngs: PolicyController(actor, meta, args.stochastic, rngs)), meta.steps, info
+
+
+def check_new_file(path: Path | None, flag: str) -> None:
+    """Refuse to overwrite: a results file must not exist yet, and its folder must be writable."""
+    if path is None:
+        return
+    if path.exists():
+        raise UsageError(f"{flag} {path} already exists; choose a new file")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+    import os
+
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {path.parent} is not writable")
