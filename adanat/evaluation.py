@@ -115,7 +115,9 @@ class EvalOutcome:
     seconds_per_image: float  # generation time (generator + tokenizer), summed over processes
 
 
-def generator_gflops(sampler: NATSampler, controller: Controller, steps: int, seed: int, rows: int = 2) -> float:
+def generator_gflops(
+    sampler: NATSampler, controller: Controller, steps: int, seed: int, rows: int = 2
+) -> float:
     """Generator GFLOPs per image (attention included), counted on ``rows`` images."""
     device = sampler.device
     num_classes = sampler.generator.num_classes or 1
@@ -200,7 +202,11 @@ def eval_report(outcome: EvalOutcome, config: dict[str, object]) -> dict[str, ob
 
 @torch.no_grad()
 def controller_fid(
-    sampler: NATSampler, controller: Controller, space: FeatureSpace, reference: FidStatistics, spec: SampleSpec
+    sampler: NATSampler,
+    controller: Controller,
+    space: FeatureSpace,
+    reference: FidStatistics,
+    spec: SampleSpec,
 ) -> float:
     """FID of the images of ``spec`` under one controller (one process; what the schedule search
     and model selection measure)."""

@@ -8,7 +8,7 @@ numbers are computed by torch-fidelity exactly as Inception-based ones are for I
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,12 @@ class FeatureSpace:
 
 @torch.no_grad()
 def features_of_batches(
-    space: FeatureSpace, n: int, images_of: Callable[[range], Tensor], shard: Shard, device: torch.device, batch_size: int
+    space: FeatureSpace,
+    n: int,
+    images_of: Callable[[range], Tensor],
+    shard: Shard,
+    device: torch.device,
+    batch_size: int,
 ) -> Tensor:
     """FID-layer features ``(n, F)`` of ``n`` uint8 images that ``images_of(rows)`` gives batch
     by batch; each process computes its own batches, every process gets all features."""
@@ -282,7 +287,7 @@ class ReferenceRequest:
     image_size: int
     device: torch.device
     statistics: Path | None = None
-    shard: Shard = Shard()
+    shard: Shard = field(default_factory=Shard)
     batch_size: int = 250
 
 

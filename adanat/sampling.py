@@ -113,44 +113,6 @@ class GenerationState:
     step: int
     steps: int
     ids: Tensor  # (B, L) ids entering this step
-    labels: Tensor  # (B,)
-    features: Tensor  # (B, L, D) conditional features of this step's forward
-
-
-class Controller(Protocol):
-    """Chooses the per-sample controls of each step."""
-
-    def __call__(self, state: GenerationState) -> Controls: ...
-
-
-class ScheduleController:
-    """A fixed schedule as a controller: every row gets the schedule's values."""
-
-    def __init__(self, schedule: Schedule) -> None:
-        self.schedule = schedule
-        self._table: Tensor | None = None
-
-    def __call__(self, state: GenerationState) -> Controls:
-        if state.steps != self.schedule.steps:
-            raise ValueError(
-                f"schedule {self.schedule.name!r} has {self.schedule.steps} steps, "
-                f"generation asks for {state.steps}"
-            )
-        device = state.ids.device
-        if self._table is None or self._table.device != device:
-            self._table = self.schedule.tensor(device)  # (T, 4)
-        return Controls.from_tensor(self._table[state.step].expand(state.ids.shape[0], -1))
-
-
-
-
-@dataclass
-class GenerationState:
-    """What a controller sees before choosing the controls of ``step``."""
-
-    step: int
-    steps: int
-    ids: Tensor  # (B, L) ids entering this step
     cond: Tensor  # (B,) class ids, or (B, tokens, width) text states
     features: Tensor  # (B, L, D) conditional features of this step's forward
 
@@ -340,4 +302,6 @@ def generate(
     precision: str = "float32",
 ) -> Generation:
     """TRANSITIONAL (removed before this change lands): ``NATSampler(...).generate(...)``."""
-    return NATSampler(model, tokenizer, precision, reuse).generate(labels, controller, steps, generators, on_step)
+    return NATSampler(model, tokenizer, precision, reuse).generate(
+        labels, controller, steps, generators, on_step
+    )

@@ -163,7 +163,9 @@ class SearchState:
             if len(state.theta) != n or len(state.velocity) != n:
                 raise ValueError(f"{n} parameters expected")
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError) as e:
-            raise SearchError(f"{path} is not a search state ({e}); remove the folder to start over") from None
+            raise SearchError(
+                f"{path} is not a search state ({e}); remove the folder to start over"
+            ) from None
         return state
 
 

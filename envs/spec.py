@@ -12,8 +12,8 @@ from adanat.rewards.base import Reward
 from adanat.rewards.registry import RewardOptions, make_reward
 
 from adanat.precision import check_precision
-from adanat.sampling import NATSampler
 from adanat.presets import world_preset
+from adanat.sampling import NATSampler
 from adanat.schedules import Schedule, load_schedule
 from adanat.weights import LoadedModels, load_models
 
@@ -25,7 +25,8 @@ class EnvConfig:
     :param world: ``shapes``, ``in256`` or ``in512``.
     :param steps: generation steps ``T`` per episode.
     :param reward: reward name (see :func:`adanat.rewards.reward_names`).
-    :param base: base schedule name or JSON path; None for the world's (:meth:`adanat.presets.World.base_schedule`).
+    :param base: base schedule name or JSON path; None for the world's
+        (:meth:`adanat.presets.World.base_schedule`).
     :param observation: ``compact`` or ``full``.
     :param action_scale: pre-activation distance of a unit action. 1.0 keeps AdaNAT's exploration:
         its std 0.6 is in pre-activation units (on ``shapes`` at T=4, 2.0 doubled that, and the

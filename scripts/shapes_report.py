@@ -26,11 +26,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from adanat.assets import asset_dir, read_manifest
-from adanat.evaluation import generate_samples, real_images, shapes_floor, shapes_quality
+from adanat.evaluation import SampleSpec, generate_samples
 from adanat.outputs import save_grid
-from adanat.sampling import ScheduleController
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
+from adanat.worlds.shapes import real_images, shapes_floor, shapes_quality
 
 # (schedule, T, ENAT computation reuse); the last row measures what reuse costs in quality
 CONFIGS = [
@@ -106,19 +107,12 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             task = progress.add_task(_label(name, steps, reuse), total=args.n)
             ctrl = ScheduleController(load_schedule(name, steps=steps, variant="shapes"))
             t0 = time.perf_counter()
-            samples = generate_samples(
-                models.generator,
-                models.tokenizer,
-                ctrl,
-                args.n,
-                steps,
-                args.seed,
-                on_batch=lambda k, t=task: progress.advance(t, k),
-                reuse=reuse,
-            )
+            sampler = NATSampler(models.generator, models.tokenizer, reuse=reuse)
+            spec = SampleSpec(args.n, steps, args.seed)
+            samples = generate_samples(sampler, ctrl, spec, on_batch=lambda k, t=task: progress.advance(t, k))
             seconds = time.perf_counter() - t0
             rows[_label(name, steps, reuse)] = {
-                **shapes_quality(samples, reference, args.seed),
+                **shapes_quality(samples.images, samples.labels, reference, args.seed),
                 "ms_per_image": 1e3 * seconds / args.n,
             }
             save_grid(samples.images[:100].float() / 255, args.docs / _grid_name(name, steps, reuse), nrow=10)

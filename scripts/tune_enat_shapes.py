@@ -16,10 +16,11 @@ import json
 
 import torch
 
-from adanat.evaluation import generate_samples, real_images, shapes_quality
-from adanat.sampling import ScheduleController
+from adanat.evaluation import SampleSpec, generate_samples
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import enat_schedule
 from adanat.weights import load_models
+from adanat.worlds.shapes import real_images, shapes_quality
 
 # searched in this order; the re-masking temperature first, because with a tokenizer that gives
 # flat regions one code the generator is most confident about background tokens, and a low
@@ -47,9 +48,9 @@ def main() -> None:
         key = json.dumps(setting, sort_keys=True)
         if key not in seen:
             ctrl = ScheduleController(enat_schedule(args.steps, **setting))
-            gen, tok = models.generator, models.tokenizer
-            samples = generate_samples(gen, tok, ctrl, args.n, args.steps, args.seed)
-            q = seen[key] = shapes_quality(samples, reference, args.seed)
+            sampler = NATSampler(models.generator, models.tokenizer)
+            samples = generate_samples(sampler, ctrl, SampleSpec(args.n, args.steps, args.seed))
+            q = seen[key] = shapes_quality(samples.images, samples.labels, reference, args.seed)
             fid, isc = q["frechet_inception_distance"], q["inception_score_mean"]
             print(f"{key}: FID {fid:.2f}  IS {isc:.2f}  acc {q['class_accuracy']:.3f}", flush=True)
         return seen[key]["frechet_inception_distance"]

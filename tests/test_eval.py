@@ -14,7 +14,6 @@ import torch
 
 from adanat.cli import main
 from adanat.distributed import Shard, batch_bounds
-from adanat.evaluation import real_images
 from adanat.metrics import (
     FidStatistics,
     MetricsError,
@@ -24,6 +23,7 @@ from adanat.metrics import (
     register_shapes_extractor,
     shapes_feature_space,
 )
+from adanat.worlds.shapes import real_images
 
 EVAL = ["eval", "--preset", "shapes", "--steps", "2", "--batch-size", "16", "--device", "cpu"]
 

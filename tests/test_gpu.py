@@ -9,7 +9,7 @@ from conftest import fixture_tensors
 from adanat.models.enat import ENAT, ReuseState
 from adanat.presets import generator_config
 from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 
 pytestmark = [
@@ -38,10 +38,11 @@ def test_generation_on_cuda_is_reproducible(tiny_enat):
     model = tiny_enat.cuda()
     ctrl = ScheduleController(load_schedule("enat", steps=8))
     labels = torch.arange(4, device="cuda")
-    a = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"))
-    b = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    f32, b16 = NATSampler(model), NATSampler(model, precision="bfloat16")
+    a = f32.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    b = f32.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
     assert torch.equal(a.ids, b.ids)
-    c = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"), precision="bfloat16")
+    c = b16.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
     assert c.ids.shape == a.ids.shape and int((c.ids == model.config.mask_id).sum()) == 0
-    d = generate(model, labels, ctrl, 8, row_generators(0, 4, "cuda"), precision="bfloat16")
+    d = b16.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
     assert torch.equal(c.ids, d.ids)

@@ -13,20 +13,17 @@ import torch
 from adanat.assets import AssetError, asset_dir, load_metric_network, read_manifest, verified_file
 from adanat.models.classifier import accuracy
 from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
 
 FOLDER = asset_dir("shapes")
 SHIPPED = set(read_manifest(FOLDER)["models"])
-needs_generator = pytest.mark.skipif(
-    "generator" not in SHIPPED, reason="the shapes generator is not shipped yet (issue 3 is open)"
-)
 
 
 def test_manifest_lists_verified_small_files():
     manifest = read_manifest(FOLDER)
-    assert {"metric", "tokenizer"} <= set(manifest["models"]) <= {"metric", "tokenizer", "generator"}
+    assert set(manifest["models"]) == {"metric", "tokenizer", "generator"}  # a missing one fails
     total = 0
     for name, entry in manifest["models"].items():
         path = verified_file(FOLDER, name)
@@ -42,7 +39,6 @@ def test_manifest_lists_verified_small_files():
         assert q["generator"]["class_accuracy_enat_t8"] >= 0.90
 
 
-@needs_generator
 def test_shipped_generator_was_trained_on_this_world():
     # a changed world definition without retrained weights would silently evaluate a generator on
     # images it never saw; the tokenizer and metric network may come from a superset world
@@ -67,7 +63,7 @@ def test_manifest_configs_are_the_world_presets():
 
 
 def test_shipped_metric_network_classifies_held_out_images():
-    from adanat.evaluation import real_images
+    from adanat.worlds.shapes import real_images
 
     images = real_images("reference", 200)
     assert accuracy(load_metric_network(), images, torch.arange(200) % 10) >= 0.98
@@ -75,9 +71,9 @@ def test_shipped_metric_network_classifies_held_out_images():
 
 def test_shipped_tokenizer_reconstructs(tmp_path):
     from adanat.checkpoints import load_tokenizer
-    from adanat.evaluation import real_images
     from adanat.presets import world_preset
     from adanat.pretrain.tokenizer import psnr
+    from adanat.worlds.shapes import real_images
 
     tok = load_tokenizer(verified_file(FOLDER, "tokenizer"), world_preset("shapes").model.tokenizer)
     images = real_images("heldout", 64).float() / 255
@@ -98,18 +94,13 @@ def test_corrupt_or_missing_files_are_refused(tmp_path):
         verified_file(copy, "tokenizer")
 
 
-@needs_generator
 @torch.no_grad()
 def test_generated_images_have_the_requested_class():
     models = load_models("shapes")
     labels = torch.arange(30) % 10
-    out = generate(
-        models.generator,
-        labels,
-        ScheduleController(load_schedule("enat", steps=8, variant="shapes")),
-        8,
-        row_generators(0, 30),
-        tokenizer=models.tokenizer,
+    sampler = NATSampler(models.generator, models.tokenizer)
+    out = sampler.generate(
+        labels, ScheduleController(load_schedule("enat", steps=8, variant="shapes")), 8, row_generators(0, 30)
     )
     assert out.images.shape == (30, 3, 32, 32)
     assert float(out.images.min()) >= 0 and float(out.images.max()) <= 1
@@ -117,7 +108,6 @@ def test_generated_images_have_the_requested_class():
     assert accuracy(load_metric_network(), out.images, labels) >= 0.8
 
 
-@needs_generator
 def test_sample_with_no_other_argument(tmp_path):
     exe = Path(sys.executable).parent / "adanat"
     res = subprocess.run(
@@ -132,7 +122,6 @@ def test_sample_with_no_other_argument(tmp_path):
     assert (out / "grid.png").is_file() and len(list(out.glob("*_class*.png"))) == 16
 
 
-@needs_generator
 def test_registered_shapes_env_runs_an_episode_with_the_shipped_models():
     import adanat.envs  # noqa: F401  (registers the ids)
     import gymnasium

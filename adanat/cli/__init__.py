@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from adanat.cli import eval as eval_command
-from adanat.cli import sample, search
+from adanat.cli import sample, search, train
 from adanat.cli.common import EXPECTED_ERRORS, Parser, UsageError, resolve_device
 
 __all__ = ["Parser", "UsageError", "build_parser", "main", "resolve_device"]
 
-COMMANDS = (sample, eval_command, search)
+COMMANDS = (sample, eval_command, search, train)
 
 
 def build_parser() -> Parser:
@@ -29,7 +29,10 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``adanat`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or one line of bad input (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.run(args))
     except EXPECTED_ERRORS as e:

@@ -115,7 +115,9 @@ def model_options() -> argparse.ArgumentParser:
     )
     p.add_argument("--generator", type=Path, help="generator checkpoint (.pth or .safetensors)")
     p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N (cuda:LOCAL_RANK under torchrun)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per generation batch")
     return p
 

@@ -82,20 +82,29 @@ def run(args: argparse.Namespace) -> int:
         space = world.metric_space(args.inception) if world else inception_feature_space(args.inception)
         space = space.to(device)
         request = ReferenceRequest(
-            args.reference_n or args.n, target.preset.image_size, device, args.reference, shard, args.batch_size
+            args.reference_n or args.n,
+            target.preset.image_size,
+            device,
+            args.reference,
+            shard,
+            args.batch_size,
         )
         if world is not None:
             reference = world.reference("evaluation", space, request)
         else:
             reference = Reference.from_file(args.reference, space, request)
-        scoring = evaluation.Scoring(space, reference, class_accuracy=world is not None and world.class_accuracy)
+        scoring = evaluation.Scoring(
+            space, reference, class_accuracy=world is not None and world.class_accuracy
+        )
         spec = evaluation.SampleSpec(args.n, steps, args.seed, args.batch_size)
         bounds = batch_bounds(args.n, args.batch_size)
         share = sum(len(bounds[j]) for j in shard.batches(len(bounds)))  # this process's images
         progress = StepProgress("evaluating", share, every=args.batch_size) if shard.is_main else None
         with progress or contextlib.nullcontext():  # only the main process reports
             on_batch = None if progress is None else progress.advance
-            result = evaluation.evaluate_controller(sampler, make_controller, scoring, spec, shard, on_batch=on_batch)
+            result = evaluation.evaluate_controller(
+                sampler, make_controller, scoring, spec, shard, on_batch=on_batch
+            )
     finally:
         close_shard(shard)
     if not shard.is_main:

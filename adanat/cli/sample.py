@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--classes", help="comma-separated class ids, cycled over the images")
     p.add_argument("-n", "--n", type=positive_int, default=16, help="number of images")
-    p.add_argument("--out", type=Path, help="output folder, new or empty (default samples/PRESET-POLICY-seedS)")
+    p.add_argument(
+        "--out", type=Path, help="output folder, new or empty (default samples/PRESET-POLICY-seedS)"
+    )
     p.set_defaults(batch_size=32, run=run)
 
 
@@ -74,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
         for rows in batches:
             rngs = row_generators(args.seed, len(rows), device, offset=rows.start)
             result = sampler.generate(
-                label_t[rows.start : rows.stop], make_controller(rngs), steps, rngs, lambda _k: progress.advance()
+                label_t[rows.start : rows.stop],
+                make_controller(rngs),
+                steps,
+                rngs,
+                lambda _k: progress.advance(),
             )
             assert result.images is not None
             names = [f"{i:05d}_class{labels[i]}.png" for i in rows]

@@ -17,6 +17,7 @@ from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import Schedule
 from adanat.search import SearchConfig
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
@@ -79,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     sampler = NATSampler(models.generator.eval(), models.tokenizer.eval())
     space = world.metric_space(args.inception) if world else inception_feature_space(args.inception)
     space = space.to(device)
-    request = ReferenceRequest(cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size)
+    request = ReferenceRequest(
+        cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size
+    )
     if world is not None:  # shapes: the "reference" split; evaluation keeps the held-out split
         reference = world.reference("search", space, request).stats
     else:
@@ -97,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     done = min(total, state.update * per_update + (state.base_fid is not None) + len(state.probes))
     with StepProgress("search", total, completed=done, every=1) as progress:
         final = search.run_search(
-            cfg, out, fid, sampler.generator.seq_len, lambda what, value: progress.advance(1, fid=f"{what} {value:.3f}")
+            cfg,
+            out,
+            fid,
+            sampler.generator.seq_len,
+            lambda what, value: progress.advance(1, fid=f"{what} {value:.3f}"),
         )
     source = (
         f"AutoNAT search on {args.preset} at T={steps}: {cfg.updates} updates, {cfg.samples} samples per "

@@ -1,0 +1,374 @@
+"""``adanat train``: learn an adaptive generation policy with PPO (also ``scripts/train_policy.py``).
+
+Runs in ``--run-dir`` (checkpoints, exported ``policy/``, TensorBoard logs under ``tb/`` or
+``--log-dir``); ``--resume RUN_DIR`` continues a run with its saved settings (``--episodes``
+may raise the total, ``--precision`` switches the compute precision). Ctrl-C saves at the end of
+the current PPO update and exits. At the end, the policy and its base schedule are scored on
+held-out seeds. Off a terminal, one plain progress line is printed per PPO update.
+
+Defaults marked "per world" come from the world's ``policy_training`` entry in
+``adanat/data/presets.json`` and are resolved after parsing (:func:`resolve_world_defaults`).
+Bad input ends with one line on stderr and exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from adanat.agents.callbacks import NonFiniteError
+from adanat.agents.checkpoint import Checkpoint, find_checkpoint, run_has_checkpoint
+from adanat.agents.config import PolicyTraining, parse_std_schedule
+from adanat.agents.export import PolicyError
+from adanat.cli.common import (
+    EXPECTED_ERRORS,
+    Parser,
+    UsageError,
+    finite_float,
+    positive_int,
+    resolve_device,
+    seed_int,
+)
+from adanat.configs import Flag, FlagSet, add_flags
+from adanat.envs.spec import EnvConfig
+from adanat.precision import PRECISIONS
+from adanat.presets import world_names, world_preset
+from adanat.rewards.adversarial import DiscriminatorTraining
+from adanat.rewards.registry import RewardError, RewardOptions, reward_names
+
+__all__ = [
+    "add_arguments",
+    "add_parser",
+    "config_from_args",
+    "main",
+    "parse",
+    "resolve_world_defaults",
+    "run",
+]
+
+BAD_INPUT = (
+    *EXPECTED_ERRORS,
+    RewardError,
+    PolicyError,
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    OSError,
+)
+
+
+def _per_world(name: str) -> str:
+    """``shapes 0.05, in256 0, in512 0``: a per-world default as the help shows it."""
+    return "per world: " + ", ".join(
+        f"{w} {getattr(world_preset(w).policy_training, name)}" for w in world_names()
+    )
+
+
+def std_spec(text: str) -> str:
+    """Checks the form of ``--action-std`` (``P%`` entries are resolved once the run's length is
+    known)."""
+    try:
+        parse_std_schedule(text, 1_000_000)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainFlags:
+    """The flag sets of the config dataclasses, to read the parsed values back by class."""
+
+    env: FlagSet
+    reward: FlagSet
+    disc: FlagSet
+    training: FlagSet
+
+
+def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
+    """Register the ``train`` options on ``p`` (flags of the config dataclasses' fields)."""
+    env = add_flags(
+        p,
+        EnvConfig,
+        [
+            Flag("world", ("--world", "--env"), choices=world_names()),
+            Flag("steps", ("--steps", "-T"), type=positive_int, help="generation steps T per image"),
+            Flag("reward", choices=reward_names()),
+            Flag("base", default_help="the world's AutoNAT baseline"),
+            Flag("observation", choices=["compact", "full"]),
+            Flag("action_scale", type=finite_float),
+            Flag(
+                "precision",
+                default=None,
+                choices=PRECISIONS,
+                default_help="float32; with --resume, the run's",
+            ),
+            Flag("preset", help="model preset instead of the world's (e.g. tiny)"),
+            Flag("generator", help="generator weights (in256/in512; shapes ships its own)"),
+            Flag("tokenizer", help="tokenizer weights (in256/in512)"),
+        ],
+    )
+    training = add_flags(
+        p,
+        PolicyTraining,
+        [
+            Flag(
+                "episodes",
+                type=positive_int,
+                default=None,
+                default_help=f"{PolicyTraining.episodes}; with --resume the run's, a larger value extends it",
+            ),
+            Flag("num_envs", ("--num-envs", "--batch"), type=positive_int),
+            Flag("episodes_per_update", type=positive_int),
+            Flag("learning_rate", ("--lr",), type=finite_float),
+            Flag(
+                "std_schedule",
+                ("--action-std",),
+                type=std_spec,
+                default=None,
+                metavar="U:STD,..",
+                default_help=_per_world("action_std"),
+                help="exploration std from PPO update U on; U may be a share of the run, P% (a share "
+                "landing on an update the entry before holds moves to the next update)",
+            ),
+            Flag("action_cost", type=finite_float, default=None, default_help=_per_world("action_cost")),
+            Flag("eval_every", type=positive_int),
+            Flag("eval_episodes", type=positive_int),
+            Flag(
+                "select_fid",
+                type=non_negative_int,
+                default=None,
+                metavar="N",
+                default_help=_per_world("select_fid") + "; worlds without shipped FID references: only "
+                "with --fid-reference; 0: off",
+            ),
+            Flag("fid_reference", help="fid_stats.npz (Inception mu/sigma) for --select-fid on in256/in512"),
+            Flag("inception", help="torch-fidelity Inception-v3 weights (in256/in512; default: its cache)"),
+            Flag("save_every", type=positive_int),
+            Flag("seed", type=seed_int),
+        ],
+    )
+    disc = add_flags(
+        p,
+        DiscriminatorTraining,
+        [
+            Flag(
+                "updates_per_round",
+                ("--disc-updates",),
+                type=positive_int,
+                default=None,
+                default_help=_per_world("disc_updates"),
+            )
+        ],
+    )
+    reward = add_flags(
+        p,
+        RewardOptions,
+        [
+            Flag(
+                "minibatch_std",
+                type=non_negative_int,
+                default=None,
+                metavar="G",
+                default_help=_per_world("minibatch_std") + "; 0: off",
+            ),
+            "real_images",
+            "dino",
+            "clip_model",
+            "clip_weights",
+        ],
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="new or empty run folder (default runs/policy-WORLD-REWARD-seedS)",
+    )
+    p.add_argument("--log-dir", type=Path, default=None, help="TensorBoard folder (default RUN_DIR/tb)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    flags = TrainFlags(env, reward, disc, training)
+    p.set_defaults(run=run, train_flags=flags)
+    return flags
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``adanat train``."""
+    p = sub.add_parser(
+        "train",
+        help="learn an adaptive schedule policy with PPO",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(prog="adanat train")
+
+
+def parse(argv: Sequence[str] | None = None, prog: str = "adanat train") -> argparse.Namespace:
+    """Parse the ``train`` options on their own (``scripts/train_policy.py``)."""
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(prog=prog)
+    return p.parse_args(argv)
+
+
+def resolve_world_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """The one place where per-world defaults are filled in: every option left at None takes
+    the value of the world's ``policy_training`` preset; FID selection stays off on a world
+    without shipped FID references unless ``--fid-reference`` is given."""
+    world = world_preset(a.world)
+    defaults = world.policy_training
+    out = argparse.Namespace(**vars(a))
+    for dest, name in (
+        ("std_schedule", "action_std"),
+        ("action_cost", "action_cost"),
+        ("updates_per_round", "disc_updates"),
+        ("minibatch_std", "minibatch_std"),
+    ):
+        if getattr(out, dest) is None:
+            setattr(out, dest, getattr(defaults, name))
+    if out.select_fid is None:
+        has_reference = world.reference_splits is not None or out.fid_reference is not None
+        out.select_fid = defaults.select_fid if has_reference else 0
+    return out
+
+
+def config_from_args(a: argparse.Namespace) -> PolicyTraining:
+    """The :class:`PolicyTraining` of a new run from parsed options."""
+    flags: TrainFlags = a.train_flags
+    a = resolve_world_defaults(a)
+    disc = DiscriminatorTraining(**flags.disc.values(a), seed=a.seed)
+    options = RewardOptions(discriminator=disc, **flags.reward.values(a))
+    env_values = flags.env.values(a)
+    env = EnvConfig(**env_values)
+    training = {k: v for k, v in flags.training.values(a).items() if k != "std_schedule"}
+    cfg = PolicyTraining(env=replace(env, reward_options=options), **training)
+    # shares of the run (P%) need its length, which the validated settings give
+    return replace(cfg, std_schedule=parse_std_schedule(a.std_schedule, cfg.updates))
+
+
+# -- the run folder: checked before anything is written -----------------------------------------
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """``path`` is a folder or can become one, and a file can be created there: its nearest
+    existing ancestor is a folder that takes a (probe) file. Leaves nothing behind."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise UsageError(f"{flag} {path}: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".adanat-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write in {base} ({e.strerror or e})") from None
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder, never over another run or unrelated files."""
+    check_writable_folder(run_dir, "--run-dir")
+    if run_has_checkpoint(run_dir):
+        raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UsageError(f"--run-dir {run_dir} holds files but no adanat run; choose a new or empty folder")
+
+
+def _resume_checkpoint(run_dir: Path) -> Checkpoint:
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run folder")
+    check_writable_folder(run_dir, "--resume")
+    return find_checkpoint(run_dir)
+
+
+def _prepare(a: argparse.Namespace) -> tuple[PolicyTraining, Path, Checkpoint | None]:
+    if a.resume is not None:
+        ckpt = _resume_checkpoint(a.resume)
+        cfg = ckpt.config
+        if a.episodes is not None:  # a resumed run may be extended
+            cfg = replace(cfg, episodes=a.episodes)
+        if a.precision is not None:  # a compute setting, like --device
+            cfg = replace(cfg, env=replace(cfg.env, precision=a.precision))
+        run_dir = a.resume
+    else:
+        ckpt = None
+        cfg = config_from_args(a)
+        run_dir = a.run_dir or Path("runs") / f"policy-{a.world}-{a.reward}-seed{a.seed}"
+        check_new_run_dir(run_dir)
+    if a.log_dir is not None:
+        check_writable_folder(a.log_dir, "--log-dir")
+    return cfg, run_dir, ckpt
+
+
+def run(a: argparse.Namespace) -> int:
+    """Train (or resume) and print the held-out results; returns the exit code."""
+    from adanat.agents.trainer import PolicyTrainer
+
+    prog = getattr(a, "prog", "adanat train")
+    try:
+        device = resolve_device(a.device)
+        cfg, run_dir, ckpt = _prepare(a)
+        trainer = PolicyTrainer(cfg, run_dir, str(device), a.log_dir)
+        if ckpt is not None:
+            state = trainer.restore(ckpt)
+            if ckpt.folder.name != "checkpoint":
+                print(f"note: {run_dir / 'checkpoint'} is missing or damaged; resuming from {ckpt.folder}")
+            print(f"resuming {run_dir} at episode {state['episodes']} (update {state['rollouts']})")
+            if trainer.rows_reseeded:
+                print(
+                    "note: the checkpoint's environment random streams come from another kind of device; "
+                    "they are re-seeded, so the run goes on, though not bit for bit as it would have there"
+                )
+        result = trainer.train()
+    except NonFiniteError as e:
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    except BAD_INPUT as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted at once (second Ctrl-C); the last checkpoint stands", file=sys.stderr)
+        return 130
+    if not result:
+        print(f"interrupted: saved in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(f"held-out mean reward ({cfg.eval_episodes} images, seed {cfg.eval_seed}):")
+    print(f"  base schedule  {result['base']:.4f}")
+    print(f"  learned policy {result['policy']:.4f}")
+    if "fid_best" in result:
+        assert trainer.selection is not None
+        print(f"FID ({cfg.select_fid} images, seed {cfg.select_fid_seed}, {trainer.selection.space.name}):")
+        print(f"  base schedule  {result['fid_base']:.3f}")
+        print(f"  final policy   {result['fid_policy']:.3f}")
+        print(f"  best policy    {result['fid_best']:.3f}  (exported to {run_dir / 'best'}, see best.json)")
+    print(f"policy exported to {run_dir / 'policy'}; TensorBoard: tensorboard --logdir {trainer.log_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "adanat train") -> int:
+    """``train`` as a program of its own (``scripts/train_policy.py``)."""
+    return run(parse(argv, prog))
