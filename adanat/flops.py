@@ -10,7 +10,9 @@ Attention counts the two matrix products, ``4 * B * H * Lq * Lk * head_dim`` for
 per multiply-add, as the counter does everywhere), whatever the mask: the CPU kernel adds the
 mask to the scores and so computes masked keys too. Causal attention is counted in full, as
 torch's own attention formulas do. Softmax, scaling and the mask add are not counted (the
-counter counts no element-wise op).
+counter counts no element-wise op). PyTorch's math kernel, which the CPU takes only when asked
+(``sdpa_kernel(SDPBackend.MATH)``, as bfloat16 pretraining does), decomposes into matrix products
+that torch counts already.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class FlopCount:
 
     @property
     def attention(self) -> int:
-        """FLOPs of the attention kernels (every op whose name contains ``attention``)."""
+        """FLOPs of the attention kernels (every op whose name contains ``attention``). The math
+        kernel (``sdpa_kernel(SDPBackend.MATH)``) runs as ``aten.bmm``: counted, but not here."""
         return sum(v for k, v in self.ops.items() if "attention" in k)
 
     def of(self, module: str) -> int:

@@ -21,6 +21,13 @@ from typing import Any
 import torch
 
 CONTROL_NAMES: tuple[str, ...] = ("mask_ratio", "sampling_temp", "remask_temp", "guidance")
+MAX_TEMPERATURE = 1e3  # above this a temperature is no schedule but a typo (1e38 was once accepted)
+MAX_GUIDANCE = 100.0  # published schedules use at most about 10
+_KEYS = {
+    "fixed": {"name", "kind", "steps", "source", "search", *CONTROL_NAMES},
+    "cosine": {"name", "kind", "source", "remask_temp", "sampling_temp", "guidance"},
+    "enat": {"name", "kind", "source", "variants"},
+}
 
 
 class ScheduleError(ValueError):
@@ -53,10 +60,12 @@ class Schedule:
             raise ScheduleError(f"schedule {self.name!r}: mask_ratio must lie in [0, 1)")
         if self.mask_ratio[-1] != 0.0:
             raise ScheduleError(f"schedule {self.name!r}: the last step must reveal all tokens")
-        if any(t <= 0 for t in self.sampling_temp):
-            raise ScheduleError(f"schedule {self.name!r}: sampling_temp must be > 0")
-        if any(t < 0 for t in self.remask_temp):
-            raise ScheduleError(f"schedule {self.name!r}: remask_temp must be >= 0")
+        if any(not 0 < t <= MAX_TEMPERATURE for t in self.sampling_temp):
+            raise ScheduleError(f"schedule {self.name!r}: sampling_temp must lie in (0, {MAX_TEMPERATURE:g}]")
+        if any(not 0 <= t <= MAX_TEMPERATURE for t in self.remask_temp):
+            raise ScheduleError(f"schedule {self.name!r}: remask_temp must lie in [0, {MAX_TEMPERATURE:g}]")
+        if any(not 0 <= w <= MAX_GUIDANCE for w in self.guidance):
+            raise ScheduleError(f"schedule {self.name!r}: guidance must lie in [0, {MAX_GUIDANCE:g}]")
 
     @property
     def steps(self) -> int:
@@ -126,29 +135,50 @@ def schedule_from_dict(data: dict[str, Any], steps: int | None = None, variant: 
     """
     kind = data.get("kind", "fixed")
     name = str(data.get("name", kind))
+    if kind not in _KEYS:
+        raise ScheduleError(f"schedule {name!r}: unknown kind {kind!r} (fixed, cosine, enat)")
+    unknown = sorted(set(data) - _KEYS[kind])
+    if unknown:
+        raise ScheduleError(f"schedule {name!r}: unknown key {unknown[0]!r} for kind {kind!r}")
     if kind == "fixed":
-        try:
-            t = int(data["steps"]) if "steps" in data else len(data["sampling_temp"])
-            values = {f: [float(v) for v in data[f]] for f in CONTROL_NAMES}
-        except (KeyError, TypeError, ValueError) as e:
-            raise ScheduleError(f"schedule {name!r}: missing or malformed field {e}") from None
+        missing = [f for f in CONTROL_NAMES if f not in data]
+        if missing:
+            raise ScheduleError(f"schedule {name!r}: missing field {missing[0]!r}")
+        values = {f: _numbers(data[f], f, name) for f in CONTROL_NAMES}
+        t = data.get("steps", len(values["sampling_temp"]))
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ScheduleError(f"schedule {name!r}: steps must be a whole number >= 1, got {t!r}")
         if steps is not None and steps != t:
             raise ScheduleError(f"schedule {name!r} is defined for {t} steps only, not {steps}")
         for f in ("mask_ratio", "remask_temp"):
             if len(values[f]) == t - 1:
                 values[f].append(0.0)
         return Schedule(name=name, **{f: tuple(v) for f, v in values.items()})
-    if kind not in ("cosine", "enat"):
-        raise ScheduleError(f"schedule {name!r}: unknown kind {kind!r}")
     if steps is None or steps < 1:
         raise ScheduleError(f"schedule {name!r} needs a number of steps >= 1")
-    params = {k: float(data[k]) for k in ("remask_temp", "sampling_temp", "guidance") if k in data}
+    params = {k: _number(data[k], k, name) for k in ("remask_temp", "sampling_temp", "guidance") if k in data}
     if kind == "enat":
         variants = data.get("variants", {})
         if variant not in variants:
             raise ScheduleError(f"schedule {name!r} has no variant {variant!r}")
-        return enat_schedule(steps, **{k: float(v) for k, v in variants[variant].items()})
+        setting = variants[variant]
+        if not isinstance(setting, dict) or set(setting) - {"remask_temp", "sampling_temp", "guidance"}:
+            raise ScheduleError(f"schedule {name!r}: variant {variant!r} is malformed")
+        return enat_schedule(steps, **{k: _number(v, k, name) for k, v in setting.items()})
     return cosine_schedule(steps, **params)
+
+
+def _number(value: Any, field: str, name: str) -> float:
+    """A JSON number (not a string, null or boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ScheduleError(f"schedule {name!r}: {field} must be a number, got {value!r}")
+    return float(value)
+
+
+def _numbers(values: Any, field: str, name: str) -> list[float]:
+    if not isinstance(values, list):
+        raise ScheduleError(f"schedule {name!r}: {field} must be a list of numbers")
+    return [_number(v, field, name) for v in values]
 
 
 def builtin_schedule_names() -> list[str]:

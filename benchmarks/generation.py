@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from adanat.flops import count_flops
+from adanat.flops import FlopCount, count_flops
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
@@ -49,8 +49,8 @@ from adanat.sampling import (
     Controls,
     Generation,
     GenerationState,
+    NATSampler,
     ScheduleController,
-    generate,
 )
 from adanat.schedules import Schedule, load_schedule
 
@@ -116,9 +116,8 @@ def run(args: argparse.Namespace) -> None:
     labels = torch.arange(b, device=device) % cfg.num_classes
 
     def gen(controller: Controller, reuse: bool = True, rows: torch.Tensor = labels, off: int = 0):
-        return generate(
-            model, rows, controller, steps, row_generators(0, len(rows), device, off), reuse=reuse
-        )
+        sampler = NATSampler(model, reuse=reuse)
+        return sampler.generate(rows, controller, steps, row_generators(0, len(rows), device, off))
 
     def per_row_loop():
         for r in range(b):
@@ -191,16 +190,19 @@ def head_flops_per_token(config: ENATConfig) -> int:
     return 2 * d * d + 2 * d * (config.codebook_size + 1)
 
 
-def large_flops(name: str, device: torch.device) -> None:
+def large_flops(name: str, device: torch.device) -> tuple[dict[str, FlopCount], dict[str, Generation]]:
     """FLOPs of one guided T=8 generation at batch 1 with random weights, generator and decoder
-    apart, beside the official code's counts (which run the head at every position)."""
+    apart, beside the official code's counts (which run the head at every position).
+
+    :return: the counts (``reuse``, ``no reuse``, ``decoder``) and the two generations.
+    """
     model, tokenizer, schedule, grid = preset_models(name, device)
-    labels = torch.tensor([207], device=device)
+    labels = torch.tensor([207 % model.config.num_classes], device=device)  # (1,)
     out: dict[str, Generation] = {}
     top = type(model).__name__
 
     def gen_once(reuse: bool) -> Generation:
-        return generate(model, labels, schedule, 8, row_generators(0, 1, device), reuse=reuse)
+        return NATSampler(model, reuse=reuse).generate(labels, schedule, 8, row_generators(0, 1, device))
 
     gen = count_flops(lambda: out.setdefault("reuse", gen_once(True)))
     dec = count_flops(lambda: tokenizer.decode(out["reuse"].ids.reshape(1, grid, grid)))
@@ -234,6 +236,7 @@ def large_flops(name: str, device: torch.device) -> None:
             f"x {per_token / 1e6:.2f} MFLOPs = {(ours + visible * per_token) / 1e12:.3f} TFLOPs "
             f"(official {OFFICIAL_ENAT_L_TFLOPS[k]:.3f})"
         )
+    return {"reuse": gen, "no reuse": noreuse, "decoder": dec}, out
 
 
 def throughput(name: str, batches: list[int], device: torch.device, repeats: int) -> None:
@@ -246,7 +249,8 @@ def throughput(name: str, batches: list[int], device: torch.device, repeats: int
 
         def fn() -> object:  # the library's path: --precision of sample, eval, train_policy
             gens = row_generators(0, b, device)
-            return generate(model, labels, schedule, 8, gens, tokenizer=tokenizer, precision=precision).images
+            sampler = NATSampler(model, tokenizer, precision)
+            return sampler.generate(labels, schedule, 8, gens).images
 
         return fn
 

@@ -43,11 +43,12 @@ class ActionMapping:
     """Maps actions ``(B, 4)`` in ``[-1, 1]`` at one step to :class:`Controls`.
 
     :param base: the base schedule (a zero action reproduces it exactly).
-    :param scale: how far a unit action moves each control in pre-activation space.
+    :param scale: how far a unit action moves each control in pre-activation space (no default
+        here: an environment's comes from :attr:`adanat.envs.spec.EnvConfig.action_scale`).
     """
 
     base: Schedule
-    scale: float = 2.0
+    scale: float
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):

@@ -16,17 +16,18 @@ import torch
 from adanat.agents.callbacks import NonFiniteError, std_at
 from adanat.agents.export import PolicyController, load_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.agents.training import PolicyTrainer, PolicyTraining, parse_std_schedule
+from adanat.agents.config import PolicyTraining, parse_std_schedule
+from adanat.agents.trainer import PolicyTrainer
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.registry import _REGISTRY, register
-from conftest import load_script, random_enat
+from helpers import random_enat
 from gymnasium import spaces
 from safetensors.torch import save_file
 
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import model_preset, world_preset
 from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.sampling import ScheduleController
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +84,8 @@ def test_untrained_policy_is_the_base_schedule_and_std_follows_its_schedule(tiny
     trainer = PolicyTrainer(cfg, tmp_path / "run")
     core = trainer.core
     labels = torch.arange(6) % 10
-    policy = generate(
-        core.generator,
-        labels,
-        PolicyController(trainer.actor(), trainer.meta()),
-        2,
-        row_generators(1, 6),
-        core.tokenizer,
-    )
-    base = generate(
-        core.generator, labels, ScheduleController(core.mapping.base), 2, row_generators(1, 6), core.tokenizer
-    )
+    policy = core.sampler.generate(labels, PolicyController(trainer.actor(), trainer.meta()), 2, row_generators(1, 6))
+    base = core.sampler.generate(labels, ScheduleController(core.mapping.base), 2, row_generators(1, 6))
     assert torch.equal(policy.trace, base.trace) and torch.equal(policy.ids, base.ids)
     trainer.train()
     assert trainer.model.policy.log_std.detach().exp().allclose(torch.tensor(0.3))
@@ -156,13 +148,19 @@ def test_resume_from_another_kind_of_device_reseeds_the_row_streams(tiny_weights
 
 
 def test_train_policy_defaults_per_world():
-    script = load_script(ROOT / "scripts" / "train_policy.py")
+    from adanat.cli import train as script
+
     shapes = script.config_from_args(script.parse([]))
     assert shapes.updates == 128 and shapes.std_schedule == ((0, 0.6), (32, 0.3))
     assert shapes.action_cost == 0.05 and shapes.env.reward_options.minibatch_std == 4
+    assert shapes.env.reward_options.discriminator.updates_per_round == 20 and shapes.select_fid == 1000
     imagenet = script.config_from_args(script.parse(["--env", "in256", "--episodes", "128000"]))
     assert imagenet.std_schedule == ((0, 0.6), (500, 0.3))
     assert imagenet.action_cost == 0.0 and imagenet.env.reward_options.minibatch_std == 0
+    assert imagenet.env.reward_options.discriminator.updates_per_round == 5
+    assert imagenet.select_fid == 0  # no shipped FID reference: selection needs --fid-reference
+    with_reference = script.parse(["--world", "in512", "--fid-reference", "stats.npz"])
+    assert with_reference.world == "in512" and script.config_from_args(with_reference).select_fid == 5000
     chosen = ["--action-std", "0:0.5", "--action-cost", "0", "--minibatch-std", "0"]
     own = script.config_from_args(script.parse(chosen))
     assert own.std_schedule == ((0, 0.5),) and own.action_cost == 0.0

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generation.py"
 
 
@@ -17,6 +20,22 @@ def test_generation_benchmark_quick_with_throughput():
     rows = out.stdout.split("images/s")[1].strip().splitlines()[1:]  # after the header line
     assert [int(r.split()[0]) for r in rows] == [1, 2]
     assert all(float(v) > 0 for r in rows for v in r.split()[1:])
+
+
+def test_large_flops_count_attention_and_head(capsys):
+    """The ENAT-L FLOP lines on the tiny preset: attention counted, the head formula exact."""
+    bench = load_script(SCRIPT)
+    with torch.no_grad():
+        counts, gens = bench.large_flops("tiny", torch.device("cpu"))
+    assert "official" in capsys.readouterr().out
+    for k in ("reuse", "no reuse"):
+        assert counts[k].attention > 0 and counts[k].of("ENAT") == counts[k].total
+        # our head runs at masked positions of both branches: tokens x the per-token formula
+        masked = 2 * int(gens[k].num_masked[:, :-1].sum())
+        cfg = bench.model_preset("tiny").generator
+        assert counts[k].of("ENAT.mlm_layer") == masked * bench.head_flops_per_token(cfg)
+    assert counts["no reuse"].total > counts["reuse"].total
+    assert counts["decoder"].total > 0 and counts["decoder"].attention == 0
 
 
 def test_pretrain_benchmark_quick():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_enat
+from helpers import random_enat
 from safetensors.torch import save_file
 
 from adanat.cli import main

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import DATA, fixture_tensors, random_enat
+from helpers import DATA, fixture_tensors, random_enat
 
 from adanat.checkpoints import CheckpointError, load_generator
 from adanat.models.enat import ENAT, ReuseState

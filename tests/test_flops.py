@@ -82,6 +82,15 @@ def test_cpu_attention_counted_exactly(qkv, masked):
     assert plain.get_total_flops() == 0
 
 
+def test_math_kernel_counted_once(qkv):
+    """The math kernel decomposes into products torch counts: the same FLOPs, under ``aten.bmm``."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        count = count_flops(lambda: F.scaled_dot_product_attention(*qkv))
+    assert count.ops == {"aten.bmm": 23040} and count.attention == 0
+
+
 def test_cpu_attention_backward_counted(qkv):
     q, k, v = (t.clone().requires_grad_() for t in qkv)
     count = count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fixture_tensors
+from helpers import fixture_tensors
 
 from adanat.models.enat import ENAT, ReuseState
 from adanat.presets import generator_config

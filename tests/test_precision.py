@@ -10,7 +10,7 @@ import torch
 from adanat.agents.evaluation import PolicyEvaluator
 from adanat.envs import NATVecEnv
 from adanat.envs.spec import EnvConfig
-from conftest import tiny_core
+from helpers import tiny_core
 
 from adanat.assets import load_metric_network
 from adanat.cli import main

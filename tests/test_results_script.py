@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import load_script
+from helpers import load_script
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "results.py"
 

@@ -17,7 +17,7 @@ from adanat.rewards.discriminators import (
 )
 from adanat.rewards.real_images import ShapesReal
 from adanat.rewards.registry import RewardOptions
-from conftest import tiny_reward
+from helpers import tiny_reward
 from safetensors.torch import save_file
 
 from adanat.models.vqgan import MaskGITVQGAN

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import DATA
+from helpers import DATA
 
 from adanat.schedules import (
     Schedule,
@@ -76,12 +76,19 @@ def test_tensor_layout():
     assert t[7, 3].item() == pytest.approx(s.guidance[7])
 
 
+def _fixed(**change: object) -> str:
+    """A valid two-step fixed schedule's JSON with ``change`` applied."""
+    data = {"kind": "fixed", "steps": 2, "mask_ratio": [0.5], "remask_temp": [1.0]}
+    data |= {"sampling_temp": [1.0, 1.0], "guidance": [0.0, 2.0], **change}
+    return json.dumps(data)
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
         ("not json", "not valid JSON"),
         ("[1, 2]", "JSON object"),
-        ('{"kind": "fixed", "sampling_temp": [1, 1]}', "missing or malformed"),
+        ('{"kind": "fixed", "sampling_temp": [1, 1]}', "missing field 'mask_ratio'"),
         ('{"kind": "nope"}', "unknown kind"),
         (
             '{"mask_ratio": [1.5], "remask_temp": [1], "sampling_temp": [1, 1], "guidance": [0, 0]}',
@@ -89,8 +96,16 @@ def test_tensor_layout():
         ),
         (
             '{"mask_ratio": [0.5], "remask_temp": [1], "sampling_temp": [1, 0], "guidance": [0, 0]}',
-            "sampling_temp must be > 0",
+            r"sampling_temp must lie in \(0, 1000\]",
         ),
+        (_fixed(guidance=[0, "2"]), "guidance must be a number, got '2'"),
+        (_fixed(guidance=[0, None]), "guidance must be a number, got None"),
+        (_fixed(extra=1), "unknown key 'extra'"),
+        (_fixed(steps=2.7), "steps must be a whole number >= 1, got 2.7"),
+        (_fixed(guidance=[0, -50]), r"guidance must lie in \[0, 100\]"),
+        (_fixed(sampling_temp=[1e38, 1]), r"sampling_temp must lie in \(0, 1000\]"),
+        (_fixed(remask_temp=[1e38]), r"remask_temp must lie in \[0, 1000\]"),
+        (_fixed(mask_ratio=True), "mask_ratio must be a list of numbers"),
     ],
 )
 def test_bad_files(tmp_path, content, match):

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import DATA, fixture_tensors
+from helpers import DATA, fixture_tensors
 
 from adanat.checkpoints import CheckpointError, load_tokenizer
 from adanat.models.vqgan import MaskGITVQGAN

@@ -1,0 +1,73 @@
+"""Test helpers (import with ``from helpers import ...``): the copied parity fixtures, tiny random
+models and environment cores, and scripts imported as modules."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from safetensors.torch import load_file
+
+from adanat.models.enat import ENAT, ENATConfig
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import model_preset
+
+DATA = Path(__file__).parent / "data"
+
+
+def fixture_tensors(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model state dict, other tensors) of a parity fixture."""
+    tensors = load_file(str(DATA / name))
+    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    rest = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return model, rest
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of ``scripts/`` imported as a module (to test its functions without a subprocess)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_enat(config: ENATConfig, seed: int = 0) -> ENAT:
+    """An ENAT with every parameter random (no zero gate), in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    model = ENAT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.15 if p.dim() > 1 else 0.05))
+    return model
+
+
+def tiny_reward(seed: int = 0, lr: float = 1e-4):
+    """An adversarial reward with a small random conv discriminator on the shapes data."""
+    from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
+    from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
+    from adanat.rewards.real_images import ShapesReal
+
+    torch.manual_seed(seed)
+    disc = ConvDiscriminator(ConvDiscriminatorConfig(widths=(8, 16, 32)))
+    training = DiscriminatorTraining(lr=lr, batch_size=16, seed=seed)
+    return AdversarialReward(disc, ShapesReal(size=200), training)
+
+
+def tiny_core(
+    num_rows: int, steps: int = 4, observation: str = "compact", reward=None, labels=None, precision="float32"
+):
+    """A :class:`NATCore` on tiny random models with a cosine base schedule (guidance 2)."""
+    from adanat.envs.actions import ActionMapping
+    from adanat.envs.core import NATCore
+
+    from adanat.sampling import NATSampler
+    from adanat.schedules import cosine_schedule
+
+    preset = model_preset("tiny")
+    torch.manual_seed(0)
+    vq = MaskGITVQGAN(preset.tokenizer).eval()
+    mapping = ActionMapping(cosine_schedule(steps, guidance=2.0), scale=2.0)
+    sampler = NATSampler(random_enat(preset.generator), vq, precision)
+    return NATCore(sampler, reward or tiny_reward(), mapping, observation, num_rows, labels)
