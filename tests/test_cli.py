@@ -43,6 +43,8 @@ def test_sample_writes_images_grid_and_metadata(weights, tmp_path, capsys):
     out = tmp_path / "out"
     args = _args(weights, out, "--n", "5", "--classes", "3,7", "--steps", "4", "--batch-size", "2")
     assert main(args) == 0
+    printed = [ln.split(" elapsed ")[0] for ln in capsys.readouterr().out.splitlines() if "elapsed" in ln]
+    assert printed == ["sampling 4/12", "sampling 8/12", "sampling 12/12"]  # a line per batch off a terminal
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "00000_class3.png", "00001_class7.png", "00002_class3.png", "00003_class7.png",

@@ -120,16 +120,31 @@ def test_ragged_reuse_rows_equal_rows_alone(tiny_enat):
 
 
 @torch.no_grad()
-def test_equal_counts_take_the_uniform_path(parity):
-    """With equal counts no attention mask is built: rows batched with themselves agree exactly."""
+def test_equal_counts_take_the_uniform_path(parity, monkeypatch):
+    """With equal counts no attention mask is built (the official computation); a ragged batch
+    builds masks, and its rows still agree with the uniform batch's."""
+    import adanat.models.enat as enat
+
+    masks = []
+
+    def recording(query, keys):
+        mask = real(query, keys)
+        masks.append(mask)
+        return mask
+
+    real = enat.attention_mask
+    monkeypatch.setattr(enat, "attention_mask", recording)
     model, t = parity
     prev = ReuseState(t["prev_feat"], t["prev_ids"] == model.config.mask_id)
     out = model(t["ids"], t["labels"], prev)
+    assert len(masks) == 2 and masks == [None, None]  # encoder and decoder: the uniform path
+    masks.clear()
     # embed the same rows in a ragged batch: outputs must not change
     extra_ids = t["ids"][:1].clone()
     extra_ids[0, (extra_ids[0] != model.config.mask_id).nonzero()[0]] = model.config.mask_id
     ragged_prev = ReuseState.cat([prev, ReuseState(t["prev_feat"][:1], extra_ids == 16)])
     ragged = model(torch.cat([t["ids"], extra_ids]), torch.cat([t["labels"], t["labels"][:1]]), ragged_prev)
+    assert len(masks) == 2 and all(m is not None and m.shape[0] == 4 for m in masks)  # padded path
     assert (ragged.logits[:3] - out.logits).abs().max() <= 1e-5
     assert (ragged.state.feat[:3] - out.state.feat).abs().max() <= 1e-5
 

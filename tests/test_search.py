@@ -143,7 +143,11 @@ def test_cli_search_runs_and_continues(tmp_path, capsys):
     ]
     assert main([*args, "--updates", "1"]) == 0
     first = json.loads((out / "log.json").read_text())["updates"]
-    assert len(first) == 1 and 0 < first[0]["fid"] < 300
+    # off a terminal, one line per FID (T=2: 4T-1 = 7 measurements per update)
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("search ")]
+    assert [ln.split(" elapsed ")[0] for ln in printed] == [f"search {i}/7" for i in range(1, 8)]
+    assert printed[0].endswith(f"fid update 0: base {first[0]['fid']:.3f}")
+    assert len(first) == 1 and first[0]["fid"] > 0
     assert main([*args, "--updates", "2"]) == 0  # continues from the saved state
     second = json.loads((out / "log.json").read_text())["updates"]
     assert len(second) == 2 and second[0]["fid"] == first[0]["fid"]

@@ -24,7 +24,7 @@ from adanat.cli.common import (
     resolve_device,
     schedule_of,
 )
-from adanat.outputs import save_grid, write_text_atomic
+from adanat.outputs import OutputError, save_grid, write_text_atomic
 from adanat.progress import StepProgress
 
 
@@ -133,11 +133,20 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     print_eval_table(report, args.policy)
-    if args.out is not None:
-        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
-    if args.grid is not None:
-        save_grid(result.images.float() / 255, args.grid, nrow=10)
+    grid_tmp = None if args.grid is None else args.grid.with_name(f".{args.grid.name}.partial.png")
+    try:  # both files or neither
+        if grid_tmp is not None:
+            save_grid(result.images.float() / 255, grid_tmp, nrow=10)
+        if args.out is not None:
+            write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+            print(f"wrote {args.out}")
+        if grid_tmp is not None:
+            grid_tmp.replace(args.grid)
+    except OSError as e:
+        raise OutputError(f"cannot write the results: {e}") from None
+    finally:
+        if grid_tmp is not None:
+            grid_tmp.unlink(missing_ok=True)
     return 0
 
 
