@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generation.py"
 
 
+@pytest.mark.e2e
 def test_generation_benchmark_quick_with_throughput():
     args = ["--quick", "--device", "cpu", "--large-preset", "tiny", "--throughput", "1,2"]
     out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
@@ -38,6 +40,7 @@ def test_large_flops_count_attention_and_head(capsys):
     assert counts["decoder"].total > 0 and counts["decoder"].attention == 0
 
 
+@pytest.mark.e2e
 def test_pretrain_benchmark_quick():
     script = SCRIPT.parent / "pretrain.py"
     out = subprocess.run(

@@ -76,6 +76,7 @@ def test_sample_without_reuse(weights, tmp_path, capsys):
     assert (base / "grid.png").read_bytes() != (none / "grid.png").read_bytes()
 
 
+@pytest.mark.e2e
 def test_console_script_runs(weights, tmp_path):
     exe = Path(sys.executable).parent / "adanat"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "adanat.cli"]

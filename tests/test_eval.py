@@ -142,6 +142,7 @@ def test_eval_refusals(tmp_path, capsys):
     assert len(errors) == 5 and all(line.startswith("adanat eval: error:") for line in errors)
 
 
+@pytest.mark.e2e
 def test_torchrun_two_processes_equal_one(tmp_path):
     """The same command under torchrun (gloo, 2 CPU processes) gives the single-process numbers."""
     single, sharded = tmp_path / "one.json", tmp_path / "two.json"
@@ -161,6 +162,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert one["schedule_mean"] == two["schedule_mean"]
 
 
+@pytest.mark.e2e
 def test_python_dash_m_adanat_runs():
     done = subprocess.run([sys.executable, "-m", "adanat", "eval", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "torchrun" in done.stdout

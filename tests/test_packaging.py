@@ -25,6 +25,7 @@ def test_editable_install_maps_the_folders():
         assert Path(mod.__file__).resolve() == ROOT / name / "__init__.py"
 
 
+@pytest.mark.e2e
 def test_normal_install_maps_the_folders(tmp_path):
     target = tmp_path / "site"
     build = subprocess.run(

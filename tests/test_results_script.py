@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import load_script
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "results.py"
 
 
+@pytest.mark.e2e
 def test_eval_and_report_stages(tmp_path):
     work, grids, doc = tmp_path / "work", tmp_path / "grids", tmp_path / "results.md"
     common = ["--work", str(work), "--grids", str(grids), "--doc", str(doc), "--n", "20"]

@@ -14,6 +14,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
 
 
+@pytest.mark.e2e
 def test_from_json_rewrites_the_report_from_numbers_of_the_shipped_weights(tmp_path):
     out = run("--from-json", str(SHIPPED), "--docs", str(tmp_path))
     assert out.returncode == 0, out.stderr
@@ -32,6 +33,7 @@ def test_from_json_rewrites_the_report_from_numbers_of_the_shipped_weights(tmp_p
     assert json.loads((tmp_path / "shapes_metrics.json").read_text()) == json.loads(SHIPPED.read_text())
 
 
+@pytest.mark.e2e
 def test_from_json_refuses_numbers_of_other_weights_with_one_line(tmp_path):
     data = json.loads(SHIPPED.read_text())
     data["weights"]["generator"] = "0" * 64

@@ -108,6 +108,7 @@ def test_generated_images_have_the_requested_class():
     assert accuracy(load_metric_network(), out.images, labels) >= 0.8
 
 
+@pytest.mark.e2e
 def test_sample_with_no_other_argument(tmp_path):
     exe = Path(sys.executable).parent / "adanat"
     res = subprocess.run(
