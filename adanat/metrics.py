@@ -95,26 +95,21 @@ def fidelity_metrics(
     generated: Tensor,
     reference: Tensor,
     feature_extractor: str,
-    isc: bool = True,
-    fid: bool = True,
-    prc: bool = True,
     weights_path: str | Path | None = None,
     batch_size: int = 500,
     seed: int = 0,
 ) -> dict[str, float]:
     """FID, IS and precision/recall of ``generated`` against ``reference`` images through torch-fidelity."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"isc_splits": 10}
     if weights_path is not None:
         kwargs["feature_extractor_weights_path"] = str(weights_path)
-    if isc:
-        kwargs["isc_splits"] = 10
     out = torch_fidelity.calculate_metrics(
         input1=ImageTensorDataset(generated),
         input2=ImageTensorDataset(reference),
         feature_extractor=feature_extractor,
-        isc=isc,
-        fid=fid,
-        prc=prc,
+        isc=True,
+        fid=True,
+        prc=True,
         cuda=torch.cuda.is_available(),
         batch_size=batch_size,
         cache=False,

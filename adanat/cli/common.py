@@ -20,7 +20,7 @@ import torch
 from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.configs import Flag, add_flags
-from adanat.metrics import MetricsError
+from adanat.metrics import FeatureSpace, MetricsError, Reference, ReferenceRequest, inception_feature_space
 from adanat.outputs import OutputError
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
@@ -48,26 +48,29 @@ class Parser(argparse.ArgumentParser):
 # -- value types: refuse at the edge ---------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(what.format(text))
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1, "expected an integer >= 1, got {}")
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _integer(text, 0, "expected an integer >= 0, got {}")
 
 
 def seed_int(text: str) -> int:
     """A seed: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds are integers >= 0, got {text}")
-    return value
+    return _integer(text, 0, "seeds are integers >= 0, got {}")
 
 
 def finite_float(text: str) -> float:
@@ -159,9 +162,36 @@ class Target:
     def world_name(self) -> str | None:
         return None if self.world is None else self.world.name
 
+    @property
+    def class_accuracy(self) -> bool:
+        """The world's feature space gives its classes (evaluations report class accuracy)."""
+        return self.world is not None and self.world.class_accuracy
+
     def steps(self, given: int | None) -> int:
         """``T``: as given, else the world's default."""
         return given if given is not None else default_steps(self.world)
+
+    def check_reference(self, statistics: Path | None) -> None:
+        """A statistics file is given and exists, or the world renders its own reference."""
+        if statistics is None and (self.world is None or self.world.reference_splits is None):
+            raise UsageError(
+                f"--reference fid_stats.npz (Inception mu/sigma) is needed for {self.preset.name!r}"
+            )
+        if statistics is not None and not statistics.is_file():
+            raise UsageError(f"--reference {statistics} is not a file")
+
+    def metric_space(self, inception: Path | None) -> FeatureSpace:
+        """The world's feature space; Inception-v3 for a model preset without a world."""
+        if self.world is not None:
+            return self.world.metric_space(inception)
+        return inception_feature_space(inception)
+
+    def reference(self, purpose: str, space: FeatureSpace, request: ReferenceRequest) -> Reference:
+        """The world's reference for ``purpose``; the statistics file for a bare model preset."""
+        if self.world is not None:
+            return self.world.reference(purpose, space, request)
+        assert request.statistics is not None, "check_reference first"
+        return Reference.from_file(request.statistics, space, request)
 
 
 def is_policy_folder(policy: str) -> bool:

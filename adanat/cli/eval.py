@@ -12,18 +12,7 @@ import json
 from pathlib import Path
 
 from adanat.assets import sha256_of
-from adanat.cli.common import (
-    Target,
-    UsageError,
-    check_new_file,
-    generation_options,
-    load_sampler,
-    model_options,
-    policy_controllers,
-    positive_int,
-    resolve_device,
-    schedule_of,
-)
+from adanat.cli import common
 from adanat.outputs import OutputError, save_grid, write_text_atomic
 from adanat.progress import StepProgress
 
@@ -31,14 +20,14 @@ from adanat.progress import StepProgress
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        parents=[model_options(), generation_options()],
+        parents=[common.model_options(), common.generation_options()],
         help="FID, IS, precision/recall (and class accuracy) of a schedule or policy",
         description=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument(
         "-n",
         "--n",
-        type=positive_int,
+        type=common.positive_int,
         default=5000,
         help="generated images, labels cycling over the classes (under torchrun write -n: torchrun "
         "reads --n as its own abbreviated option)",
@@ -52,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "arr_0 (ADM reference batches) also give precision/recall",
     )
     p.add_argument(
-        "--reference-n", type=positive_int, help="shapes: held-out images for the reference (default: --n)"
+        "--reference-n",
+        type=common.positive_int,
+        help="shapes: held-out images for the reference (default: --n)",
     )
     p.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")
     p.set_defaults(run=run)
@@ -62,25 +53,20 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print a table, and write the JSON report and grid when asked."""
     from adanat import evaluation
     from adanat.distributed import batch_bounds, close_shard, init_shard
-    from adanat.metrics import Reference, ReferenceRequest, inception_feature_space
+    from adanat.metrics import ReferenceRequest
 
-    target = Target.of(args.preset)
+    target = common.Target.of(args.preset)
     if args.n < 2 or (args.reference_n is not None and args.reference_n < 2):
-        raise UsageError("--n and --reference-n must be >= 2")
-    world = target.world
-    if args.reference is None and (world is None or world.reference_splits is None):
-        raise UsageError(f"--reference fid_stats.npz (Inception mu/sigma) is needed for {args.preset!r}")
-    if args.reference is not None and not args.reference.is_file():
-        raise UsageError(f"--reference {args.reference} is not a file")
-    check_new_file(args.out, "--out")
-    check_new_file(args.grid, "--grid")
-    schedule = schedule_of(args, target)
-    shard, device = init_shard(resolve_device(args.device))
+        raise common.UsageError("--n and --reference-n must be >= 2")
+    target.check_reference(args.reference)
+    common.check_new_file(args.out, "--out")
+    common.check_new_file(args.grid, "--grid")
+    schedule = common.schedule_of(args, target)
+    shard, device = init_shard(common.resolve_device(args.device))
     try:
-        models, sampler = load_sampler(args, device)
-        make_controller, steps, policy_info = policy_controllers(args, schedule, target, models)
-        space = world.metric_space(args.inception) if world else inception_feature_space(args.inception)
-        space = space.to(device)
+        models, sampler = common.load_sampler(args, device)
+        make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
+        space = target.metric_space(args.inception).to(device)
         request = ReferenceRequest(
             args.reference_n or args.n,
             target.preset.image_size,
@@ -89,13 +75,8 @@ def run(args: argparse.Namespace) -> int:
             shard,
             args.batch_size,
         )
-        if world is not None:
-            reference = world.reference("evaluation", space, request)
-        else:
-            reference = Reference.from_file(args.reference, space, request)
-        scoring = evaluation.Scoring(
-            space, reference, class_accuracy=world is not None and world.class_accuracy
-        )
+        reference = target.reference("evaluation", space, request)
+        scoring = evaluation.Scoring(space, reference, target.class_accuracy)
         spec = evaluation.SampleSpec(args.n, steps, args.seed, args.batch_size)
         bounds = batch_bounds(args.n, args.batch_size)
         share = sum(len(bounds[j]) for j in shard.batches(len(bounds)))  # this process's images

@@ -8,17 +8,7 @@ from pathlib import Path
 
 import torch
 
-from adanat.cli.common import (
-    Target,
-    UsageError,
-    generation_options,
-    load_sampler,
-    model_options,
-    policy_controllers,
-    positive_int,
-    resolve_device,
-    schedule_of,
-)
+from adanat.cli import common
 from adanat.outputs import check_output_dir, save_grid, save_images, staged_dir
 from adanat.progress import StepProgress
 from adanat.rng import row_generators
@@ -28,19 +18,19 @@ from adanat.schedules import CONTROL_NAMES
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sample",
-        parents=[model_options(), generation_options()],
+        parents=[common.model_options(), common.generation_options()],
         help="generate images with a schedule or a policy",
         description="Writes one PNG per image, grid.png and samples.json (labels, schedule, controls).",
     )
     p.add_argument("--classes", help="comma-separated class ids, cycled over the images")
-    p.add_argument("-n", "--n", type=positive_int, default=16, help="number of images")
+    p.add_argument("-n", "--n", type=common.positive_int, default=16, help="number of images")
     p.add_argument(
         "--out", type=Path, help="output folder, new or empty (default samples/PRESET-POLICY-seedS)"
     )
     p.set_defaults(batch_size=32, run=run)
 
 
-def parse_classes(text: str | None, target: Target, n: int) -> list[int]:
+def parse_classes(text: str | None, target: common.Target, n: int) -> list[int]:
     """Labels for ``n`` images: the listed classes cycled, or all classes in order."""
     num = target.preset.num_classes
     if text is None:
@@ -48,26 +38,26 @@ def parse_classes(text: str | None, target: Target, n: int) -> list[int]:
     try:
         classes = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        raise UsageError(f"--classes must be comma-separated integers, got {text!r}") from None
+        raise common.UsageError(f"--classes must be comma-separated integers, got {text!r}") from None
     if not classes:
-        raise UsageError("--classes is empty")
+        raise common.UsageError("--classes is empty")
     bad = [c for c in classes if not 0 <= c < num]
     if bad:
-        raise UsageError(f"class {bad[0]} is outside preset {target.preset.name}'s range 0..{num - 1}")
+        raise common.UsageError(f"class {bad[0]} is outside preset {target.preset.name}'s range 0..{num - 1}")
     return [classes[i % len(classes)] for i in range(n)]
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate images and write PNGs, a grid and ``samples.json``."""
-    target = Target.of(args.preset)
+    target = common.Target.of(args.preset)
     labels = parse_classes(args.classes, target, args.n)
-    schedule = schedule_of(args, target)
-    device = resolve_device(args.device)
+    schedule = common.schedule_of(args, target)
+    device = common.resolve_device(args.device)
     name = Path(args.policy).stem if schedule is not None else Path(args.policy).resolve().parent.name
     out = args.out or Path("samples") / f"{args.preset}-{name}-seed{args.seed}"
     check_output_dir(out)
-    models, sampler = load_sampler(args, device)
-    make_controller, steps, policy_info = policy_controllers(args, schedule, target, models)
+    models, sampler = common.load_sampler(args, device)
+    make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
 
     label_t = torch.tensor(labels, dtype=torch.long, device=device)  # (N,)
     batches = [range(i, min(i + args.batch_size, args.n)) for i in range(0, args.n, args.batch_size)]

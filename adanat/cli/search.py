@@ -61,14 +61,12 @@ def _check_folder(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Search (or continue), then write ``schedule.json`` and ``log.json``."""
     from adanat import evaluation, search
-    from adanat.metrics import ReferenceRequest, inception_feature_space
+    from adanat.metrics import ReferenceRequest
     from adanat.weights import load_models
 
     target = Target.of(args.preset)
     steps = target.steps(args.steps)
-    world = target.world
-    if args.reference is None and (world is None or world.reference_splits is None):
-        raise UsageError(f"--reference fid_stats.npz (Inception mu/sigma) is needed for {args.preset!r}")
+    target.check_reference(args.reference)
     values = args.search_flags.values(args)
     name = values.pop("name", None) or f"autonat-{args.preset}-t{steps}"
     cfg = SearchConfig(steps=steps, name=name, **values)
@@ -78,17 +76,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
     sampler = NATSampler(models.generator.eval(), models.tokenizer.eval())
-    space = world.metric_space(args.inception) if world else inception_feature_space(args.inception)
-    space = space.to(device)
+    space = target.metric_space(args.inception).to(device)
     request = ReferenceRequest(
         cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size
     )
-    if world is not None:  # shapes: the "reference" split; evaluation keeps the held-out split
-        reference = world.reference("search", space, request).stats
-    else:
-        from adanat.metrics import Reference
-
-        reference = Reference.from_file(args.reference, space, request).stats
+    reference = target.reference("search", space, request).stats  # shapes: the "reference" split
     spec = evaluation.SampleSpec(cfg.samples, steps, cfg.seed, args.batch_size)
 
     def fid(schedule: Schedule) -> float:
