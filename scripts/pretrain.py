@@ -19,6 +19,7 @@ that cannot be used; nothing is left behind); 130 interrupted (run the same comm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shlex
 import sys
@@ -164,8 +165,8 @@ def _config(args: argparse.Namespace) -> ShapesPretraining:
     default = "" if args.generator_warmup is not None else " (the default)"
     if training.warmup >= training.steps:
         raise UsageError(
-            f"--generator-warmup {training.warmup}{default} is not shorter than the "
-            f"{training.steps} training steps; give a smaller --generator-warmup"
+            f"--generator-warmup {training.warmup}{default} is not shorter than the training "
+            f"(--generator-steps {training.steps}); give a smaller --generator-warmup"
         )
     if training.batch_size > cfg.train_images:
         raise UsageError(
@@ -194,6 +195,8 @@ def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.update_shipped_assets:
         if args.out is not None and args.out.resolve() != shipped.resolve():
             raise UsageError(f"--update-shipped-assets writes to {shipped}; leave out --out {args.out}")
+        if args.tiny:
+            raise UsageError("--tiny models never go into the shipped assets (--update-shipped-assets)")
         return run_dir, shipped
     out = args.out if args.out is not None else run_dir / "out"
     if _inside(out, shipped.parent):
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         created += writable_folder(out, "--out")
         if new_marker:
             write_run_marker(run_dir, args.env, args.tiny)
-        results = pretrainer.run(stages, args.init_generator)
+        results = pretrainer.run(stages, args.init_generator, check=False)
         done = True
     except KeyboardInterrupt:
         print(
@@ -256,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
 def _clean_up(run_dir: Path, out: Path, before: set[Path], created: list[Path], new_marker: bool) -> None:
     """After a failed run: remove the empty folders it made and a run marker it wrote into a run
     folder that holds nothing else."""
-    remove_new_empty_folders([run_dir, out], before)
-    marker = run_dir / RUN_MARKER
-    if new_marker and marker.is_file() and [p.name for p in run_dir.iterdir()] == [RUN_MARKER]:
-        marker.unlink()
-    remove_new_empty_folders(created, before)
+    with contextlib.suppress(OSError):  # best effort: the error being reported matters more
+        remove_new_empty_folders([run_dir, out], before)
+        marker = run_dir / RUN_MARKER
+        if new_marker and marker.is_file() and [p.name for p in run_dir.iterdir()] == [RUN_MARKER]:
+            marker.unlink()
+        remove_new_empty_folders(created, before)
 
 
 if __name__ == "__main__":

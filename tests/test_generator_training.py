@@ -15,6 +15,7 @@ from adanat.pretrain.generator import (
     masked_batch,
     previous_state,
     previous_step,
+    train_generator,
     train_step,
 )
 
@@ -111,3 +112,86 @@ def test_bfloat16_step_follows_the_float32_step():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         GeneratorTraining(precision="float16")
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 32, (50, 64), generator=gen), torch.arange(50) % 10  # (N, L), (N,)
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A huge (finite) learning rate: the weights and then the loss turn NaN; training stops at the
+    next check, the checkpoint of step 2 stays as it was, nothing non-finite is written."""
+    from adanat.pretrain.run import NonFiniteError, TrainingRun
+
+    tokens, labels = _data()
+    torch.manual_seed(0)
+    model = ENAT(generator_config("enat-shapes-tiny"))
+    train_generator(
+        model, tokens, labels, TrainingRun(tmp_path, 2, 2), GeneratorTraining(steps=2, batch_size=8, warmup=1)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    huge = GeneratorTraining(steps=6, batch_size=8, warmup=1, lr=1e30)
+    with pytest.raises(NonFiniteError, match=r"the last good checkpoint \(step 2\) stays in .*checkpoint.pt"):
+        train_generator(model, tokens, labels, TrainingRun(tmp_path, 6, 2), huge)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_nan_loss_stops_before_anything_is_saved(tmp_path, monkeypatch):
+    """A loss that turns NaN at step 3 of 6 (patched into ``train_step``) stops the loop at its next
+    check: no checkpoint, and the run folder holds nothing (no empty TensorBoard file either)."""
+    from adanat.pretrain import generator as module
+    from adanat.pretrain.run import NonFiniteError, TrainingRun
+
+    real = module.train_step
+
+    def nan_from_step_3(*args, **kwargs):
+        loss, logits, targets = real(*args, **kwargs)
+        step = args[-1]
+        return (loss * float("nan") if step >= 3 else loss), logits, targets
+
+    monkeypatch.setattr(module, "train_step", nan_from_step_3)
+    tokens, labels = _data()
+    torch.manual_seed(0)
+    model = ENAT(generator_config("enat-shapes-tiny"))
+    run = TrainingRun(tmp_path / "generator", 6)  # checks at the last step: logged and checkpointed
+    with pytest.raises(
+        NonFiniteError, match=r"generator: the loss became non-finite by step 6.*no checkpoint"
+    ):
+        module.train_generator(model, tokens, labels, run, GeneratorTraining(steps=6, batch_size=8, warmup=1))
+    assert not (tmp_path / "generator").exists()
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    from adanat.pretrain.run import NonFiniteError, TrainingRun
+
+    run = TrainingRun(tmp_path / "stage", 4, 1)
+    run.step = 1
+    state = {
+        "model": {"w": torch.tensor([1.0, float("inf")])},
+        "optimizer": {"state": {0: {"m": torch.ones(2)}}},
+    }
+    with pytest.raises(NonFiniteError, match=r"model\.w of its state became non-finite by step 1"):
+        run.save(state)
+    assert not (tmp_path / "stage").exists()
+    state["model"]["w"] = torch.ones(2)
+    run.save(state)
+    assert (tmp_path / "stage" / "checkpoint.pt").is_file() and run.saved_step == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", 0),
+        ("batch_size", 0),
+        ("warmup", -1),
+        ("reuse_chain", 0),
+        ("lr", float("inf")),
+        ("lr", float("nan")),
+        ("lr", 0.0),
+        ("p_uncond", 1.5),
+    ],
+)
+def test_out_of_range_training_values_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"generator training: {field} must"):
+        GeneratorTraining(**{field: value})

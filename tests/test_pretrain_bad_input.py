@@ -265,7 +265,7 @@ def test_a_diverged_run_is_one_line_and_status_1(monkeypatch, capsys, tmp_path):
     from adanat.pretrain import shapes
     from adanat.pretrain.run import NonFiniteError
 
-    def diverge(self, stages, init=None):
+    def diverge(self, stages, init=None, check=True):
         raise NonFiniteError("generator: the loss became non-finite by step 20")
 
     monkeypatch.setattr(shapes.ShapesPretrainer, "run", diverge)
@@ -286,3 +286,17 @@ def test_only_the_opt_in_writes_to_the_shipped_assets():
     assert script._folders(parse(["--tiny"]))[1] == Path("runs/pretrain-shapes-tiny/out")
     assert script._folders(parse(["--update-shipped-assets"]))[1] == SHIPPED
     assert script._folders(parse(["--update-shipped-assets", "--out", str(SHIPPED)]))[1] == SHIPPED
+
+
+def test_run_and_output_folders_that_are_accepted(tmp_path):
+    """A new or empty folder, a marked run folder of the same kind, a run folder from before the
+    marker (it holds a stage checkpoint), and an output folder with a manifest."""
+    from adanat.pretrain.shapes import check_out_dir, check_run_dir
+
+    assert check_run_dir(tmp_path / "new", "shapes", True)  # the marker is to be written
+    assert check_run_dir(_marker(tmp_path / "marked"), "shapes", True) is False
+    _file(tmp_path / "old" / "generator" / "checkpoint.pt", b"")
+    assert check_run_dir(tmp_path / "old", "shapes", False)
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    check_out_dir(SHIPPED)  # a manifest (the script refuses this one for being the shipped assets)

@@ -116,3 +116,51 @@ def test_dead_codes_restart_where_the_batch_is_worst_represented():
     restarted = model.quantize.embedding.weight[1:]  # (K-1, z)
     assert torch.allclose(restarted, odd.expand_as(restarted))
     assert bool((last_used == 10).all())
+
+
+def test_a_corrupt_or_foreign_checkpoint_names_the_file(tmp_path):
+    from adanat.pretrain.run import RunFolderError
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunFolderError, match=r"checkpoint.pt is corrupt or truncated .*delete the folder"):
+        TrainingRun(tmp_path, 4).resume()
+    model = ShapesClassifier()
+    torch.save({"step": 2, "model": {"weight": torch.zeros(3)}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunFolderError, match="does not fit this stage"):
+        TrainingRun(tmp_path, 4).restore({"model": model})
+
+
+def test_a_failed_stage_leaves_no_empty_event_file(tmp_path):
+    """A stage that fails before it logged anything removes its TensorBoard file and the folders
+    made for it; one that logged keeps them."""
+    run = TrainingRun(tmp_path / "stage", 40)
+    with pytest.raises(RuntimeError), run.progress("stage"):
+        raise RuntimeError("fails at once")
+    assert not (tmp_path / "stage").exists()
+    with pytest.raises(RuntimeError), run.progress("stage"):
+        run.step = 20
+        run.log({"loss": 1.0})
+        raise RuntimeError("fails after logging")
+    assert len(list((tmp_path / "stage" / "tb").iterdir())) == 1
+
+
+def test_progress_prints_plain_lines_off_a_terminal():
+    import io
+
+    from adanat.progress import StepProgress
+
+    out = io.StringIO()  # not a terminal
+    with StepProgress("generator", 45, completed=5, every=20, stream=out) as progress:
+        for step in range(6, 46):
+            progress.advance(1, **({"loss": 1 / step} if step % 20 == 0 else {}))
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:4] for line in lines] == [
+        ["generator", "20/45", "elapsed", "0:00:00"],
+        ["generator", "40/45", "elapsed", "0:00:00"],
+        ["generator", "45/45", "elapsed", "0:00:00"],
+    ]
+    assert lines[0].endswith("loss 0.05") and lines[2].endswith("loss 0.025")  # the last value stays
+    tty = io.StringIO()
+    with StepProgress("generator", 45, stream=tty, tty=True) as progress:
+        progress.advance(45, loss=0.5)
+    assert "generator 45/45 elapsed" not in tty.getvalue()  # a rich bar instead of plain lines

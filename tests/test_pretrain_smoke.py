@@ -27,6 +27,9 @@ def test_each_stage_through_the_script(tmp_path):
     for stage in ("metric", "tokenizer", "prune", "generator"):
         res = _run("--stage", stage, "--run-dir", str(run), "--out", str(out))
         assert res.returncode == 0, res.stderr[-2000:]
+        if stage in ("metric", "generator"):  # stdout is no terminal here: one plain line per interval
+            assert any(line.startswith(f"{stage} 4/4 elapsed 0:") for line in res.stdout.splitlines())
+            assert " loss " in res.stdout
         if stage == "prune":
             continue
         folder = run / ("tokenizer-16" if stage == "tokenizer" else stage)  # the sweep picks 16 codes

@@ -43,7 +43,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             run.step += 1
-            info = {}
+            info: dict[str, float] = {}
             if run.logging_due():
                 acc = (logits.argmax(1) == labels[idx]).float().mean()
                 info = {"loss": loss.item(), "train_acc": acc.item()}

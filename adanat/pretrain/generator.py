@@ -160,7 +160,7 @@ def train_generator(
             loss, logits, targets = train_step(model, ema, opt, tokens, labels, cfg, gen, run.step)
             run.watch(loss)
             run.step += 1
-            info = {}
+            info: dict[str, float] = {}
             if run.logging_due():
                 sel = targets != -100  # (B, L)
                 acc = float((logits.argmax(-1)[sel] == targets[sel]).float().mean())

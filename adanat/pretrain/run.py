@@ -155,8 +155,8 @@ class TrainingRun:
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
             step = int(state["step"])
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise self._unusable(f"is corrupt or truncated ({_first_line(e)})") from None
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+            raise self._unusable("is corrupt or truncated (not a readable torch checkpoint)") from None
         except (KeyError, TypeError, IndexError):
             raise self._unusable("is not a checkpoint of a training stage") from None
         self.step = self.saved_step = step
@@ -273,8 +273,7 @@ def folders_under(root: Path) -> set[Path]:
 
 def remove_new_empty_folders(roots: list[Path], before: set[Path]) -> None:
     """Remove, deepest first, the empty folders at or below ``roots`` that are not in ``before``
-    (what a failed run created and left empty); the roots' own missing parents are in ``before``'s
-    complement too when the caller lists them in ``roots``."""
+    (:func:`folders_under` taken before the run): what a failed run made and left empty."""
     now = set().union(*(folders_under(r) for r in roots)) | {r for r in roots if r.is_dir()}
     for folder in sorted(now - before, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):  # only an empty folder is removed

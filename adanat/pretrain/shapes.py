@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from adanat.assets import manifest_entry, sha256_of
+from adanat.assets import asset_dir, manifest_entry, sha256_of
 from adanat.checkpoints import CheckpointError, load_generator, load_tokenizer, read_state_dict
-from adanat.evaluation import generate_samples
+from adanat.evaluation import SampleSpec, generate_samples
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier, accuracy
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
@@ -35,7 +35,7 @@ from adanat.pretrain.generator import GeneratorTraining, train_generator
 from adanat.pretrain.run import NonFiniteError, RunFolderError, TrainingRun, non_finite
 from adanat.pretrain.tokenizer import TokenizerTraining, evaluate_tokenizer, train_tokenizer
 from adanat.progress import StepProgress
-from adanat.sampling import ScheduleController
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 from adanat.worlds.shapes import CLASSES, ShapesDataset
 
@@ -249,8 +249,11 @@ class ShapesPretrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{name}.safetensors"
         tmp = self.out_dir / f".{name}.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        tmp.replace(path)
+        try:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         manifest_path = self.out_dir / "manifest.json"
         manifest = self.manifest() or {"world": "shapes"}
         manifest["classes"] = list(CLASSES)
@@ -410,9 +413,11 @@ class ShapesPretrainer:
         """The shipped tokenizer's config (its codebook size comes from the sweep)."""
         entry = self.manifest().get("models", {}).get("tokenizer")
         if entry is None or not (self.out_dir / "tokenizer.safetensors").is_file():
+            shipped = asset_dir("shapes")
             raise FileNotFoundError(
-                f"the generator stage needs the tokenizer stage first (no tokenizer in {self.out_dir}: "
-                "run --stage tokenizer with this --out, or give an --out that has one)"
+                f"the generator stage needs the tokenizer stage first (no tokenizer in {self.out_dir}): run "
+                "--stage tokenizer with this --out, or give an --out that has one, e.g. one holding a copy "
+                f"of {shipped}/{{manifest.json,metric.safetensors,tokenizer.safetensors}}"
             )
         try:
             return _vqgan_config(entry["config"])
@@ -504,7 +509,8 @@ class ShapesPretrainer:
         out = {}
         for steps in (8, 4):
             ctrl = ScheduleController(load_schedule("enat", steps=steps, variant="shapes"))
-            samples = generate_samples(generator, tokenizer, ctrl, self.cfg.eval_samples, steps, seed=0)
+            spec = SampleSpec(self.cfg.eval_samples, steps, seed=0)
+            samples = generate_samples(NATSampler(generator, tokenizer), ctrl, spec)
             out[f"class_accuracy_enat_t{steps}"] = accuracy(metric, samples.images, samples.labels)
         return out
 
@@ -513,15 +519,12 @@ class ShapesPretrainer:
         run folder, the files a stage needs from an earlier one that is not run now, and the
         ``--init-generator`` file (its fit to the config, when the tokenizer is not trained now)."""
         folders = {"metric": ["metric"], "generator": ["generator"]}
-        folders["tokenizer"] = [
-            p.name for p in sorted(self.run_dir.glob("tokenizer-*")) if p.name != "tokenizer-full.json"
-        ]
+        folders["tokenizer"] = [p.name for p in sorted(self.run_dir.glob("tokenizer-*")) if p.is_dir()]
         for stage in stages:
             for name in folders.get(stage, []):
                 if (self.run_dir / name / "checkpoint.pt").is_file():
                     TrainingRun(self.run_dir / name, 1).resume()  # a corrupt checkpoint fails here
-        before = set(stages[: stages.index("prune")]) if "prune" in stages else set()
-        if "prune" in stages and not {"metric", "tokenizer"} <= before:
+        if "prune" in stages and not {"metric", "tokenizer"} <= set(stages[: stages.index("prune")]):
             self._needs_for_prune()
         if "generator" in stages:
             if "tokenizer" not in stages[: stages.index("generator")]:
@@ -543,10 +546,13 @@ class ShapesPretrainer:
         ):
             raise FileNotFoundError("the prune stage needs the metric and tokenizer stages first")
 
-    def run(self, stages: tuple[str, ...], init_generator: Path | None = None) -> dict[str, dict[str, float]]:
-        """Run ``stages`` in order (after :meth:`check`); ``init_generator`` is passed to the
-        generator stage."""
-        self.check(stages, init_generator)
+    def run(
+        self, stages: tuple[str, ...], init_generator: Path | None = None, check: bool = True
+    ) -> dict[str, dict[str, float]]:
+        """Run ``stages`` in order, after :meth:`check` (``check=False``: the caller did);
+        ``init_generator`` is passed to the generator stage."""
+        if check:
+            self.check(stages, init_generator)
         return {
             stage: self.generator(init_generator) if stage == "generator" else getattr(self, stage)()
             for stage in stages

@@ -97,7 +97,7 @@ def train_tokenizer(
             model.quantize.embedding.weight.copy_(z[pick] + 0.01 * torch.randn(k, z.shape[1], generator=gen))
 
     model.train()
-    with run.progress("tokenizer") as progress:
+    with run.progress(f"tokenizer[{k}]") as progress:  # k codes
         while run.step < cfg.steps:
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(run.step, cfg.lr, cfg.warmup, cfg.steps)
@@ -114,7 +114,7 @@ def train_tokenizer(
             last_used[used] = run.step
             if run.step % cfg.restart_every == 0:
                 _restart_dead_codes(model, images, last_used, run.step, cfg.restart_every, gen)
-            info = {}
+            info: dict[str, float] = {}
             if run.logging_due():
                 run.log({f"tokenizer/{k_}": v.item() for k_, v in losses.items()})
                 with torch.no_grad():
