@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,7 +38,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
 
-__all__ = ["Flag", "FlagSet", "add_flags", "field_help", "from_dict", "to_dict"]
+__all__ = ["FIELD", "Flag", "FlagSet", "add_flags", "field_help", "from_dict", "to_dict"]
 
 
 # -- JSON form -----------------------------------------------------------------------
@@ -58,7 +59,19 @@ def to_dict(obj: Any) -> Any:
 
 @cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved type hints of ``cls``'s fields; a field whose hint names a type that is
+    imported for type checking only is left out (and fails only where it is used)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:
+        namespace = vars(sys.modules[cls.__module__])
+        out = {}
+        for f in dataclasses.fields(cls):
+            try:
+                out[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type
+            except NameError:
+                continue
+        return out
 
 
 def from_dict(cls: type[T], data: Any) -> T:
@@ -106,7 +119,9 @@ def _value(hint: Any, value: Any, where: str) -> Any:
                 return _value(arg, value, where)
             except ValueError as e:
                 errors.append(str(e))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: expected {_name(hint)}, got {_show(value)}")
+        raise ValueError(
+            errors[0] if len(errors) == 1 else f"{where}: expected {_name(hint)}, got {_show(value)}"
+        )
     if origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
             return value
@@ -156,6 +171,8 @@ def _name(hint: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "null"
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
@@ -178,8 +195,9 @@ class Flag:
     :param default_help: the default as the help shows it, when it is not the field's.
     :param choices: allowed values (default: a ``Literal`` field's).
     :param help: help text instead of the docstring's ``:param`` line.
-    :param metavar: argparse ``metavar``.
-    :param dest: the attribute of the parsed namespace (default: the field's name).
+    :param metavar: argparse ``metavar`` (default: the long option's name).
+
+    The parsed value lands in the namespace attribute named after the field.
     """
 
     field: str
@@ -190,7 +208,6 @@ class Flag:
     choices: Sequence[Any] | None = None
     help: str | None = None
     metavar: str | None = None
-    dest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,12 +215,12 @@ class FlagSet:
     """The flags :func:`add_flags` added for one dataclass; :meth:`values` reads them back."""
 
     cls: type
-    dests: dict[str, str]  # field -> namespace attribute
+    fields: tuple[str, ...]  # also the namespace attributes
 
     def values(self, args: argparse.Namespace, skip_none: bool = True) -> dict[str, Any]:
         """``{field: parsed value}``; with ``skip_none``, flags left at None (defaults that are
         resolved later) are left out."""
-        out = {f: getattr(args, d) for f, d in self.dests.items()}
+        out = {f: getattr(args, f) for f in self.fields}
         return {f: v for f, v in out.items() if not (skip_none and v is None)}
 
 
@@ -226,7 +243,14 @@ def _docstring_params(cls: type) -> dict[str, str]:
             out[current] += " " + line.strip()
         else:
             current = None
-    return {k: " ".join(v.split()) for k, v in out.items()}
+    return {k: _plain(" ".join(v.split())) for k, v in out.items()}
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``x`` -> x, :class:`~a.b.C` -> C, :mod:`a.b` -> a.b."""
+    text = re.sub(r":\w+:`~[\w.]*?(\w+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
+    return text.replace("``", "")
 
 
 def _parser_of(hint: Any) -> tuple[Callable[[str], Any] | None, Sequence[Any] | None]:
@@ -258,7 +282,7 @@ def add_flags(
     ``parser``: defaults from the fields, help from the class docstring, choices from ``Literal``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
-    dests: dict[str, str] = {}
+    added: list[str] = []
     for flag in flags:
         flag = Flag(flag) if isinstance(flag, str) else flag
         if flag.field not in fields:
@@ -273,8 +297,7 @@ def add_flags(
         if shown:
             text = f"{text} (default: {shown})" if text else f"default: {shown}"
         names = flag.names or (f"--{flag.field.replace('_', '-')}",)
-        dest = flag.dest or flag.field
-        kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": text.replace("%", "%%")}
+        kwargs: dict[str, Any] = {"dest": flag.field, "default": default, "help": text.replace("%", "%%")}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -283,11 +306,12 @@ def add_flags(
             kwargs["type"] = parse
             if choices is not None:
                 kwargs["choices"] = list(choices)
-            if flag.metavar:
-                kwargs["metavar"] = flag.metavar
+            if flag.metavar or choices is None:
+                long = next((n for n in names if n.startswith("--")), names[0])
+                kwargs["metavar"] = flag.metavar or long.lstrip("-").upper().replace("-", "_")
         parser.add_argument(*names, **kwargs)
-        dests[flag.field] = dest
-    return FlagSet(cls, dests)
+        added.append(flag.field)
+    return FlagSet(cls, tuple(added))
 
 
 def _show_default(value: Any) -> str:

@@ -141,7 +141,8 @@ class FiniteGuard(BaseCallback):
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     if not tensors:
         return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one sync
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors])  # (len(tensors),)
+    return bool(flags.all())  # one device sync
 
 
 def guard_gradient_steps(model: BaseAlgorithm) -> None:
@@ -160,7 +161,9 @@ def guard_gradient_steps(model: BaseAlgorithm) -> None:
     def before(_opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
         grads = [(p, p.grad) for p in params() if p.grad is not None]
         if not _all_finite([g for _, g in grads]):
-            raise NonFiniteError(f"non-finite PPO loss (its gradient for {first_bad(grads)} is NaN or infinite)")
+            raise NonFiniteError(
+                f"non-finite PPO loss (its gradient for {first_bad(grads)} is NaN or infinite)"
+            )
 
     def after(_opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
         ps = params()
@@ -200,16 +203,16 @@ class EpisodeProgress(BaseCallback):
     accuracy: a rich bar on a terminal, else one plain line per PPO update
     (:class:`~adanat.progress.StepProgress`)."""
 
-    def __init__(self, progress: StepProgress, steps: int, rounds: RewardRounds) -> None:
+    def __init__(self, progress: StepProgress, steps: int, rounds: RewardRounds, updates: int) -> None:
         super().__init__()
-        self.progress, self.steps, self.rounds = progress, steps, rounds
+        self.progress, self.steps, self.rounds, self.updates = progress, steps, rounds, updates
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
         last = self.rounds.last
-        info: dict[str, object] = {"update": sb3.rollouts_done(self.model)}
+        info: dict[str, object] = {"update": f"{sb3.rollouts_done(self.model)}/{self.updates}"}
         if "reward/mean" in last:
             info["reward"] = last["reward/mean"]
         if "disc/accuracy" in last:

@@ -34,7 +34,13 @@ from adanat.checkpoints import CheckpointError
 from adanat.configs import from_dict
 
 CHECKPOINT, OLD, TMP = "checkpoint", "checkpoint.old", "checkpoint.tmp"
-STATE, POLICY, OPTIMIZER, RNG, REWARD = "state.json", "policy.safetensors", "optimizer.pt", "rng.pt", "reward.pt"
+STATE, POLICY, OPTIMIZER, RNG, REWARD = (
+    "state.json",
+    "policy.safetensors",
+    "optimizer.pt",
+    "rng.pt",
+    "reward.pt",
+)
 STATE_KEYS = ("num_timesteps", "n_updates", "rollouts", "episodes", "config")
 RNG_KEYS = ("torch", "numpy_keys", "numpy_pos", "python", "rows", "labels")
 POLICY_KEYS = ("log_std", "action_net.weight", "action_net.bias", "value_net.weight", "value_net.bias")
@@ -66,10 +72,12 @@ class Checkpoint:
 
     @property
     def rollouts(self) -> int:
+        """PPO updates done when it was saved."""
         return int(self.state["rollouts"])
 
     @property
     def episodes(self) -> int:
+        """Episodes done when it was saved."""
         return int(self.state["episodes"])
 
 

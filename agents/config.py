@@ -90,13 +90,9 @@ class PolicyTraining:
         for name in ("seed", "eval_seed", "select_fid_seed"):
             _at_least(name, getattr(self, name), 0)
         for name in ("learning_rate", "clip_range", "max_grad_norm"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{_flag(name)} must be a finite number > 0, got {value}")
+            _finite(name, getattr(self, name), positive=True)
         for name in ("vf_coef", "ent_coef", "action_cost"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{_flag(name)} must be >= 0 and finite, got {value}")
+            _finite(name, getattr(self, name), positive=False)
         check_std_schedule(self.std_schedule)
         if self.select_fid == 1 or self.select_fid < 0:
             raise ValueError(f"select-fid must be 0 (off) or >= 2 images, got {self.select_fid}")
@@ -123,6 +119,13 @@ def _flag(name: str) -> str:
     return {"learning_rate": "lr"}.get(name, name.replace("_", "-"))
 
 
+def _finite(name: str, value: float, positive: bool) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{_flag(name)} must be a finite number, got {value}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{_flag(name)} must be {'> 0' if positive else '>= 0'}, got {value}")
+
+
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise ValueError(f"{_flag(name)} must be >= {low}, got {value}")
@@ -138,7 +141,9 @@ def check_std_schedule(steps: StdSchedule, text: str | None = None) -> None:
         or any(not (math.isfinite(std) and std > 0) for _, std in steps)
     ):
         shown = repr(text) if text is not None else str(steps)
-        raise ValueError(f"action std schedule must start at update 0, rise in updates, have stds > 0: {shown}")
+        raise ValueError(
+            f"action std schedule must start at update 0, rise in updates, have stds > 0: {shown}"
+        )
 
 
 def parse_std_schedule(text: str, updates: int) -> StdSchedule:

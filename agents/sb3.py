@@ -30,6 +30,7 @@ __all__ = [
     "freeze_exploration_std",
     "gradient_epochs",
     "last_logged",
+    "next_observation",
     "optimizer",
     "rollouts_done",
     "set_counters",
@@ -107,7 +108,11 @@ def optimizer(model: BaseAlgorithm) -> torch.optim.Optimizer:
 
 def tensorboard_writer(model: BaseAlgorithm) -> SummaryWriter:
     """The ``SummaryWriter`` of the model's TensorBoard logger output (set with ``set_logger``)."""
-    for out in model.logger.output_formats:
+    try:
+        outputs = model.logger.output_formats
+    except AttributeError:  # no logger set yet (SB3 makes its own in learn())
+        outputs = []
+    for out in outputs:
         if isinstance(out, TensorBoardOutputFormat):
             return out.writer
     raise ValueError("the model's logger has no TensorBoard output")

@@ -3,7 +3,8 @@
 Per image at T steps, with random weights at ``shapes`` size (no trained weights needed):
 
 * bare generation (``adanat.sampling.generate`` with the base schedule, decoded);
-* the same images as PPO rollouts through ``NATVecEnv`` + the SB3 policy (actor and critic), with
+* the same images as PPO rollouts through ``NATVecEnv`` + the SB3 policy (actor and critic, built
+  by :func:`adanat.agents.ppo.make_ppo` as training builds it), with
   the ``compact`` and the ``full`` observation form: env bookkeeping, observation transfer to
   numpy (as SB3 keeps it) and policy forwards. The reward is a constant, so only the RL overhead
   is measured; the discriminator's cost is a separate row;
@@ -25,15 +26,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from adanat.agents.config import PolicyTraining
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.agents.ppo import make_ppo
 from adanat.envs.actions import ActionMapping
 from adanat.envs.core import NATCore
 from adanat.envs.observation import ObservationForm
+from adanat.envs.spec import EnvConfig
 from adanat.envs.vec_env import NATVecEnv
 from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
 from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
 from adanat.rewards.real_images import ShapesReal
-from stable_baselines3 import PPO
 from stable_baselines3.common.utils import obs_as_tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -41,7 +44,7 @@ from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
 from adanat.rng import row_generators
-from adanat.sampling import ScheduleController, generate
+from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 
 
@@ -79,13 +82,13 @@ def models(quick: bool) -> tuple[ENAT, MaskGITVQGAN]:
     return gen, MaskGITVQGAN(preset.tokenizer).eval()
 
 
-def policy_for(venv: NATVecEnv) -> PPO:
-    kwargs = {
-        "features_extractor_class": AdaNATExtractor,
-        "share_features_extractor": False,
-        "net_arch": {"pi": [], "vf": []},
-    }
-    return PPO("MultiInputPolicy", venv, n_steps=venv.core.steps, policy_kwargs=kwargs, device="cpu", seed=0)
+def policy_for(venv: NATVecEnv) -> torch.nn.Module:
+    """The SB3 policy (actor and critic) exactly as a training run builds it, one episode per
+    row per rollout."""
+    cfg = PolicyTraining(
+        env=EnvConfig(steps=venv.core.steps), num_envs=venv.num_envs, episodes_per_update=venv.num_envs
+    )
+    return make_ppo(venv, cfg, "cpu").policy
 
 
 def run(args: argparse.Namespace) -> None:
@@ -95,16 +98,18 @@ def run(args: argparse.Namespace) -> None:
     base = load_schedule("autonat-l-t8", steps=8) if steps == 8 else load_schedule("cosine", steps=steps)
     labels = torch.arange(b) % gen.config.num_classes
 
+    sampler = NATSampler(gen, tok)
+
     def bare() -> None:
-        generate(gen, labels, ScheduleController(base), steps, row_generators(0, b), tok)
+        sampler.generate(labels, ScheduleController(base), steps, row_generators(0, b))
 
     envs, policies = {}, {}
     for form in ("compact", "full"):
-        core = NATCore(gen, tok, ConstantReward(), ActionMapping(base), form, b)
+        core = NATCore(sampler, ConstantReward(), ActionMapping(base, EnvConfig.action_scale), form, b)
         venv = NATVecEnv(core, seed=0)
         venv.seed(0)
         envs[form] = venv
-        policies[form] = policy_for(venv).policy.eval()
+        policies[form] = policy_for(venv).eval()
 
     def rollout(form: str) -> Callable[[], None]:
         venv, policy = envs[form], policies[form]
@@ -206,7 +211,7 @@ def large_share(steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     big = ENAT(generator_config("enat-l-in256")).eval()
     schedule = ScheduleController(load_schedule("enat", steps=steps))
-    g = flops_of(lambda: generate(big, torch.tensor([1]), schedule, steps, row_generators(0, 1)))
+    g = flops_of(lambda: NATSampler(big).generate(torch.tensor([1]), schedule, steps, row_generators(0, 1)))
     return float(pol), float(g)
 
 

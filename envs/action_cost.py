@@ -10,6 +10,8 @@ which counters a critic that rewards moving the whole schedule (see
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
@@ -19,11 +21,13 @@ class ActionCost(VecEnvWrapper):
     """Reward minus ``cost * mean(action**2)`` per step (actions clipped to the box first).
 
     :param venv: the environment (for example :class:`~adanat.envs.vec_env.NATVecEnv`).
-    :param cost: cost per unit of mean squared action; must be >= 0.
+    :param cost: cost per unit of mean squared action; a finite number >= 0.
     """
 
     def __init__(self, venv: VecEnv, cost: float) -> None:
-        if not cost >= 0:
+        if not math.isfinite(cost):
+            raise ValueError(f"action cost must be a finite number, got {cost}")
+        if cost < 0:
             raise ValueError(f"action cost must be >= 0, got {cost}")
         super().__init__(venv)
         self.cost = float(cost)

@@ -3,6 +3,7 @@ trained between PPO rollouts on the policy's fresh samples against real images."
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +15,32 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class DiscriminatorTraining:
-    """AdaNAT's settings: non-saturating loss, Adam(1e-4, betas (0.5, 0.999)), 5 updates a round."""
+    """AdaNAT's settings: non-saturating loss, Adam(1e-4, betas (0.5, 0.999)), 5 updates a round.
+
+    :param lr: Adam learning rate of the discriminator.
+    :param betas: Adam betas.
+    :param updates_per_round: discriminator updates per round (one round after each PPO rollout).
+    :param batch_size: fake and real images per discriminator update.
+    :param seed: seed of its initial weights and of its minibatch draws.
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
     updates_per_round: int = 5
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"discriminator lr must be a finite number > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"discriminator betas must lie in [0, 1), got {self.betas}")
+        if self.updates_per_round < 1:
+            raise ValueError(f"disc-updates must be >= 1, got {self.updates_per_round}")
+        if self.batch_size < 1:
+            raise ValueError(f"discriminator batch size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 class AdversarialReward:
@@ -32,7 +52,7 @@ class AdversarialReward:
         self.discriminator, self.real, self.training = discriminator.eval(), real, training
         params = [p for p in discriminator.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=training.lr, betas=training.betas)
-        self.generator = torch.Generator().manual_seed(training.seed)
+        self.rng = torch.Generator().manual_seed(training.seed)  # minibatch draws
         self.rounds = 0
 
     @property
@@ -57,9 +77,9 @@ class AdversarialReward:
         self.discriminator.train()
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "accuracy", "real_score", "fake_score")}
         for _ in range(cfg.updates_per_round):
-            pick = torch.randint(0, len(fake), (min(cfg.batch_size, len(fake)),), generator=self.generator)
+            pick = torch.randint(0, len(fake), (min(cfg.batch_size, len(fake)),), generator=self.rng)
             f_img, f_lab = fake[pick].to(dev), labels[pick].to(dev)  # (b, 3, H, W), (b,)
-            r_img, r_lab = self.real.sample(len(pick), self.generator)
+            r_img, r_lab = self.real.sample(len(pick), self.rng)
             r_img, r_lab = r_img.to(dev), r_lab.to(dev)
             logit_real = self.discriminator(r_img, r_lab).mean(1)  # (b,)
             logit_fake = self.discriminator(f_img, f_lab).mean(1)  # (b,)
@@ -78,15 +98,17 @@ class AdversarialReward:
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def state_dict(self) -> dict[str, Any]:
+        """Discriminator, optimiser, random stream and round count (plain tensors)."""
         return {
             "discriminator": self.discriminator.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "rng": self.rng.get_state(),
             "rounds": self.rounds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict` (also one saved before the stream was named ``rng``)."""
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.rng.set_state(state["rng"] if "rng" in state else state["generator"])
         self.rounds = int(state["rounds"])

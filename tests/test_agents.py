@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adanat.agents import sb3
 from adanat.agents.callbacks import NonFiniteError, std_at
+from adanat.agents.config import PolicyTraining, parse_std_schedule
 from adanat.agents.export import PolicyController, load_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.agents.config import PolicyTraining, parse_std_schedule
 from adanat.agents.trainer import PolicyTrainer
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.registry import _REGISTRY, register
-from helpers import random_enat
 from gymnasium import spaces
+from helpers import random_enat
 from safetensors.torch import save_file
 
 from adanat.models.vqgan import MaskGITVQGAN
@@ -79,17 +80,36 @@ def test_std_schedule():
         parse_std_schedule("0:0.6,a%:1", 128)
 
 
+def test_std_schedule_shares_in_a_short_run_move_to_the_next_free_update():
+    # the shapes default in runs of under 4 updates: 25% rounds down to update 0, already taken
+    assert parse_std_schedule("0:0.6,25%:0.3", 3) == ((0, 0.6), (1, 0.3))
+    assert parse_std_schedule("0:0.6,25%:0.3", 1) == ((0, 0.6), (1, 0.3))  # never reached: 0.6 throughout
+    assert parse_std_schedule("0:0.6,10%:0.3,20%:0.2", 4) == ((0, 0.6), (1, 0.3), (2, 0.2))
+    assert parse_std_schedule("0%:0.6,50%:0.3", 2) == ((0, 0.6), (1, 0.3))  # a share at 0 stays first
+    # plain updates never move, and the error quotes the schedule as given
+    with pytest.raises(ValueError, match=re.escape("have stds > 0: '0:0.6,25%:0.3,1:0.2'")):
+        parse_std_schedule("0:0.6,25%:0.3,1:0.2", 2)
+    with pytest.raises(ValueError, match=re.escape("0%..100%, got 150% in '0:0.6,150%:0.3'")):
+        parse_std_schedule("0:0.6,150%:0.3", 10)
+    from adanat.cli import train
+
+    short = train.config_from_args(train.parse(["--episodes", "256"]))  # 2 updates, the shapes default
+    assert short.updates == 2 and short.std_schedule == ((0, 0.6), (1, 0.3))
+
+
 def test_untrained_policy_is_the_base_schedule_and_std_follows_its_schedule(tiny_weights, tmp_path):
     cfg = tiny_training(tiny_weights, std_schedule=((0, 0.6), (1, 0.3)))
     trainer = PolicyTrainer(cfg, tmp_path / "run")
     core = trainer.core
     labels = torch.arange(6) % 10
-    policy = core.sampler.generate(labels, PolicyController(trainer.actor(), trainer.meta()), 2, row_generators(1, 6))
+    policy = core.sampler.generate(
+        labels, PolicyController(trainer.actor(), trainer.meta()), 2, row_generators(1, 6)
+    )
     base = core.sampler.generate(labels, ScheduleController(core.mapping.base), 2, row_generators(1, 6))
     assert torch.equal(policy.trace, base.trace) and torch.equal(policy.ids, base.ids)
     trainer.train()
-    assert trainer.model.policy.log_std.detach().exp().allclose(torch.tensor(0.3))
-    assert not trainer.model.policy.log_std.requires_grad
+    log_std = sb3.exploration_log_std(trainer.model)
+    assert log_std.detach().exp().allclose(torch.tensor(0.3)) and not log_std.requires_grad
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["rollouts"] == 2 and state["episodes"] == 8
 
@@ -225,6 +245,10 @@ def test_train_policy_script_smoke_resume_export_and_sample(tiny_weights, tmp_pa
     assert best["fid"] > 0 and best["base_fid"] > 0
     assert load_policy(run / "best")[1].steps == 2
     assert "best policy" in res.stdout
+    # off a terminal: one plain progress line per PPO update and one per evaluation
+    assert "PPO episodes 8/16 elapsed" in res.stdout and "update 1/2 reward" in res.stdout
+    assert "PPO episodes 16/16" in res.stdout and "update 2/2" in res.stdout and "disc_acc" in res.stdout
+    assert re.search(r"eval at update 2: reward [0-9.]+ \(base [0-9.]+\), FID [0-9.]+", res.stdout)
     # the same command again would overwrite the run: refused
     again = _run(script, *args, "--run-dir", str(run), cwd=tmp_path)
     assert (
@@ -294,7 +318,27 @@ def test_imagenet_world_without_weights_is_one_clear_line(tmp_path):
 
 
 def test_log_std_value_is_applied():
-    assert math.isclose(math.log(0.3), math.log(std_at(((0, 0.6), (1, 0.3)), 5)))
+    """The std the policy actually samples with follows the schedule, rollout by rollout."""
+    from adanat.agents.callbacks import ExplorationStd
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.utils import obs_as_tensor
+    from test_sb3_internals import PER_ROLLOUT, toy_ppo
+
+    seen = []
+
+    class Sampled(BaseCallback):  # the distribution the rollout's actions are drawn from
+        def _on_rollout_start(self) -> None:
+            obs = obs_as_tensor(sb3.next_observation(self.model), self.model.device)
+            seen.append(self.model.policy.get_distribution(obs).distribution.stddev)
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = toy_ppo(std_schedule=((0, 0.6), (2, 0.3)))
+    model.learn(3 * PER_ROLLOUT, callback=CallbackList([ExplorationStd(((0, 0.6), (2, 0.3))), Sampled()]))
+    stds = [float(s.unique()) for s in seen]
+    assert [round(v, 6) for v in stds] == [0.6, 0.6, 0.3]
+    assert torch.equal(sb3.exploration_log_std(model).detach(), torch.full((4,), math.log(0.3)))
 
 
 def test_bad_fid_selection_is_one_clear_line(tiny_weights, tmp_path):
@@ -328,3 +372,125 @@ def test_bad_exploration_settings_are_one_clear_line(tiny_weights, tmp_path, fla
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert message in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+# -- non-finite guards on the path actually taken -------------------------------------------
+
+
+def test_non_finite_gradient_stops_before_the_step():
+    from test_sb3_internals import toy_ppo
+
+    model = toy_ppo()
+    opt = sb3.optimizer(model)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    for p in model.policy.parameters():
+        p.grad = torch.zeros_like(p)
+    next(iter(model.policy.parameters())).grad.fill_(float("nan"))  # what a NaN loss gives
+    with pytest.raises(NonFiniteError, match="non-finite PPO loss"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+def test_infinite_learning_rate_stops_after_the_first_step_with_one_line():
+    """Without the guard, the next minibatch's forward fails in torch's distribution check."""
+    from test_sb3_internals import PER_ROLLOUT, toy_ppo
+
+    model = toy_ppo()
+    model.lr_schedule = lambda _progress: float("inf")
+    with pytest.raises(
+        NonFiniteError, match=r"non-finite policy parameter .* after a PPO step \(learning rate inf\)"
+    ):
+        model.learn(PER_ROLLOUT)
+
+
+def test_non_finite_reward_after_the_action_cost_stops_at_that_step():
+    from adanat.agents.callbacks import FiniteGuard
+    from adanat.envs.action_cost import ActionCost
+    from test_sb3_internals import PER_ROLLOUT, toy_ppo, toy_venv
+
+    venv = ActionCost(toy_venv(reward=1.0), 0.1)
+    venv.cost = float("inf")  # past the constructor's check: the reward itself stays finite
+    model = toy_ppo(venv)
+    with pytest.raises(NonFiniteError, match=r"non-finite reward \(after the action cost\) in 2 of 2 rows"):
+        model.learn(PER_ROLLOUT, callback=FiniteGuard())
+    with pytest.raises(ValueError, match="action cost must be a finite number, got inf"):
+        ActionCost(toy_venv(), float("inf"))
+
+
+@pytest.mark.parametrize("inject", ["learning_rate", "action_cost"])
+def test_non_finite_update_or_reward_keeps_the_last_good_checkpoint(tiny_weights, tmp_path, inject):
+    cfg = tiny_training(tiny_weights, episodes=4, action_cost=0.1)
+    run = tmp_path / "run"
+    PolicyTrainer(cfg, run).train()
+    saved = {p.name: p.read_bytes() for p in (run / "checkpoint").iterdir()}
+    exported = (run / "policy" / "policy.safetensors").read_bytes()
+    trainer = PolicyTrainer(replace(cfg, episodes=12), run)
+    trainer.restore()
+    if inject == "learning_rate":
+        trainer.model.lr_schedule = lambda _progress: float("inf")
+        expected = "non-finite policy parameter"
+    else:
+        trainer.monitor.venv.cost = float("inf")  # VecMonitor(ActionCost(NATVecEnv))
+        expected = "non-finite reward"
+    with pytest.raises(
+        NonFiniteError, match=f"{expected}.*; the last good checkpoint is in {re.escape(str(run))}"
+    ):
+        trainer.train()
+    assert {p.name: p.read_bytes() for p in (run / "checkpoint").iterdir()} == saved
+    assert (run / "policy" / "policy.safetensors").read_bytes() == exported
+    assert not (run / "checkpoint.tmp").exists()
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def test_resume_falls_back_to_the_old_checkpoint_when_the_new_one_is_damaged(tiny_weights, tmp_path):
+    import shutil
+
+    from adanat.agents.checkpoint import CheckpointError, find_checkpoint
+
+    cfg = tiny_training(tiny_weights, episodes=4)
+    run = tmp_path / "run"
+    PolicyTrainer(cfg, run).train()
+    shutil.copytree(run / "checkpoint", run / "checkpoint.old")  # as a crash mid-swap leaves it
+    policy = run / "checkpoint" / "policy.safetensors"
+    policy.write_bytes(policy.read_bytes()[:100])
+    assert find_checkpoint(run).folder == run / "checkpoint.old"
+    trainer = PolicyTrainer(replace(cfg, episodes=8), run)
+    assert trainer.restore()["rollouts"] == 1
+    trainer.train()  # the next save replaces the damaged checkpoint and removes the old one
+    assert find_checkpoint(run).folder == run / "checkpoint" and not (run / "checkpoint.old").exists()
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["rollouts"] == 2
+    # both damaged: one line naming checkpoint/'s file
+    shutil.copytree(run / "checkpoint", run / "checkpoint.old")
+    for folder in ("checkpoint", "checkpoint.old"):
+        (run / folder / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{run / 'checkpoint' / 'optimizer.pt'} is unreadable")
+    ):
+        find_checkpoint(run)
+
+
+def test_checkpoint_swap_keeps_one_complete_checkpoint(tmp_path):
+    from adanat.agents.checkpoint import write_checkpoint
+
+    write_checkpoint(tmp_path, {"a.txt": lambda p: p.write_text("1")})
+    assert (tmp_path / "checkpoint" / "a.txt").read_text() == "1"
+
+    def fail(_path: Path) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_checkpoint(tmp_path, {"a.txt": lambda p: p.write_text("2"), "b.txt": fail})
+    assert (tmp_path / "checkpoint" / "a.txt").read_text() == "1"  # the complete one stands
+    write_checkpoint(tmp_path, {"a.txt": lambda p: p.write_text("3")})
+    assert (tmp_path / "checkpoint" / "a.txt").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no .tmp or .old left
+
+
+def test_train_is_an_adanat_command():
+    from adanat.cli import build_parser
+    from adanat.cli import train as train_command
+
+    args = build_parser().parse_args(["train", "--world", "in512", "--episodes", "5"])
+    assert args.run is train_command.run and args.world == "in512" and args.episodes == 5

@@ -289,11 +289,18 @@ def check_writable_folder(path: Path, flag: str) -> None:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a new or empty folder, never over another run or unrelated files."""
+    """A new run goes into a new or empty folder (or one of a run stopped before its first
+    checkpoint), never over another run or unrelated files."""
     check_writable_folder(run_dir, "--run-dir")
     if run_has_checkpoint(run_dir):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    # a run stopped before its first checkpoint leaves only these: it starts again
+    unrelated = (
+        [p.name for p in run_dir.iterdir() if p.name not in ("tb", "checkpoint.tmp")]
+        if run_dir.is_dir()
+        else []
+    )
+    if unrelated:
         raise UsageError(f"--run-dir {run_dir} holds files but no adanat run; choose a new or empty folder")
 
 
