@@ -131,7 +131,10 @@ class World:
     :param reference_splits: real splits the world renders as FID reference, per purpose
         (``evaluation``, ``selection``, ``search``); None: a statistics file must be given.
     :param class_accuracy: the feature space's logits are the world's classes, so evaluations
-        also report how often an image shows its label.
+        also report how often an image shows its label (and the ``classifier`` reward exists).
+    :param discriminator: the adversarial reward's critic: ``conv`` (a small conv net on the world's
+        own procedural real images) or ``dino-projected`` (class-projection heads on frozen DINO
+        features, real images from a folder).
     """
 
     name: str
@@ -143,6 +146,7 @@ class World:
     classes: tuple[str, ...] | None = None
     reference_splits: dict[str, str] | None = None
     class_accuracy: bool = False
+    discriminator: str = "dino-projected"
     generator_env: str | None = None
     tokenizer_env: str | None = None
 
@@ -153,6 +157,14 @@ class World:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def class_names(self) -> list[str]:
+        """Names of the classes ``0..C-1``: the world's own, else ImageNet-1k's (from torchvision)."""
+        if self.classes is not None:
+            return list(self.classes)
+        from torchvision.models import ResNet50_Weights
+
+        return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
     def base_schedule(self, steps: int) -> Schedule:
         """The world's AutoNAT baseline for ``steps``: a schedule searched for the world

@@ -289,19 +289,3 @@ class NATSampler:
                 on_step(k)
         return self.finish(episode)
 
-
-def generate(
-    model: NATGenerator,
-    labels: Tensor,
-    controller: Controller,
-    steps: int,
-    generators: Generators,
-    tokenizer: MaskGITVQGAN | None = None,
-    on_step: Callable[[int], None] | None = None,
-    reuse: bool = True,
-    precision: str = "float32",
-) -> Generation:
-    """TRANSITIONAL (removed before this change lands): ``NATSampler(...).generate(...)``."""
-    return NATSampler(model, tokenizer, precision, reuse).generate(
-        labels, controller, steps, generators, on_step
-    )

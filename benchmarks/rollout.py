@@ -2,7 +2,7 @@
 
 Per image at T steps, with random weights at ``shapes`` size (no trained weights needed):
 
-* bare generation (``adanat.sampling.generate`` with the base schedule, decoded);
+* bare generation (``NATSampler.generate`` with the base schedule, decoded);
 * the same images as PPO rollouts through ``NATVecEnv`` + the SB3 policy (actor and critic, built
   by :func:`adanat.agents.ppo.make_ppo` as training builds it), with
   the ``compact`` and the ``full`` observation form: env bookkeeping, observation transfer to

@@ -69,19 +69,12 @@ def make_reward(
     return _REGISTRY[name](world, options or RewardOptions(), torch.device(device))
 
 
-def _class_names(world: str) -> list[str]:
-    if world == "shapes":
-        from adanat.worlds.shapes import CLASSES
-
-        return list(CLASSES)
-    from torchvision.models import ResNet50_Weights  # ImageNet class names ship with torchvision
-
-    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-
-
 @register("adversarial")
 def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Reward:
-    if world == "shapes":
+    from adanat.presets import world_preset
+
+    w = world_preset(world)
+    if w.discriminator == "conv":  # a small conv net on the world's own procedural real images
         from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
         from adanat.rewards.real_images import ShapesReal
 
@@ -92,8 +85,6 @@ def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Re
     from adanat.rewards.discriminators import ProjectedDiscriminator, dino_backbone
     from adanat.rewards.real_images import ImageFolderReal
 
-    from adanat.presets import world_preset
-
     if options.minibatch_std:
         raise RewardError("--minibatch-std exists for the shapes discriminator only")
     if options.real_images is None:
@@ -102,18 +93,20 @@ def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Re
         )
     try:
         backbone = dino_backbone(options.dino)
-        real = ImageFolderReal(options.real_images, world_preset(world).image_size)
+        real = ImageFolderReal(options.real_images, w.image_size)
     except (FileNotFoundError, ValueError) as e:
         raise RewardError(str(e)) from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.discriminator.seed)
-        disc = ProjectedDiscriminator(backbone, num_classes=world_preset(world).num_classes).to(device)
+        disc = ProjectedDiscriminator(backbone, num_classes=w.num_classes).to(device)
     return AdversarialReward(disc, real, options.discriminator)
 
 
 @register("classifier")
 def _classifier(world: str, options: RewardOptions, device: torch.device) -> Reward:
-    if world != "shapes":
+    from adanat.presets import world_preset
+
+    if not world_preset(world).class_accuracy:  # its metric network's logits are its classes
         raise RewardError("the classifier reward exists for the shapes world only")
     from adanat.rewards.classifier import ClassifierReward
 
@@ -134,4 +127,6 @@ def _clip(world: str, options: RewardOptions, device: torch.device) -> Reward:
         raise RewardError(
             f"cannot load open-clip {options.clip_model} from {options.clip_weights}: {e}"
         ) from None
-    return ClipReward(model.to(device), tokenizer, _class_names(world), options.prompt)
+    from adanat.presets import world_preset
+
+    return ClipReward(model.to(device), tokenizer, world_preset(world).class_names(), options.prompt)

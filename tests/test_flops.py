@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from adanat.flops import attention_flops, count_flops, flop_counter
 from adanat.rng import row_generators
-from adanat.sampling import Controls, GenerationState, generate
+from adanat.sampling import Controls, GenerationState, NATSampler
 from adanat.schedules import cosine_schedule
 
 CPU_FLASH = "aten._scaled_dot_product_flash_attention_for_cpu"
@@ -115,9 +115,8 @@ def test_generation_adds_exactly_attention(tiny_enat, reuse):
     labels = torch.arange(rows)  # (B,)
 
     def run() -> object:
-        return generate(
-            tiny_enat, labels, RaggedSchedule(steps, rows), steps, row_generators(0, rows), reuse=reuse
-        )
+        sampler = NATSampler(tiny_enat, reuse=reuse)
+        return sampler.generate(labels, RaggedSchedule(steps, rows), steps, row_generators(0, rows))
 
     with FlopCounterMode(display=False) as plain:
         run()
