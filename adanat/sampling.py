@@ -288,4 +288,3 @@ class NATSampler:
             if on_step is not None:
                 on_step(k)
         return self.finish(episode)
-

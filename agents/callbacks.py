@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from adanat.agents import sb3
-from adanat.envs.vec_env import NATVecEnv
-from adanat.rewards.base import LearnedReward, Reward
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from torch.utils.tensorboard import SummaryWriter
 
+from adanat.agents import sb3
+from adanat.envs.vec_env import NATVecEnv
 from adanat.progress import StepProgress
+from adanat.rewards.base import LearnedReward, Reward
 from adanat.schedules import CONTROL_NAMES
 
 rollouts_done = sb3.rollouts_done  # PPO updates done (kept here for older imports)

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from adanat.agents.config import PolicyTraining
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from adanat.agents.config import PolicyTraining
 from adanat.checkpoints import CheckpointError
 from adanat.configs import from_dict
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adanat.agents.extractor import ExtractorConfig
-from adanat.envs.spec import EnvConfig
-
 from adanat.configs import from_dict
+from adanat.envs.spec import EnvConfig
 
 StdSchedule = tuple[tuple[int, float], ...]
 

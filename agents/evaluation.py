@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from adanat.agents.export import Actor, PolicyController, PolicyMeta
-from adanat.envs.core import NATCore
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from adanat.agents.export import Actor, PolicyController, PolicyMeta
+from adanat.envs.core import NATCore
 from adanat.evaluation import SampleSpec, fixed, sample_batches
 from adanat.sampling import Controller, ScheduleController
 from adanat.schedules import CONTROL_NAMES

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.envs.actions import ActionMapping
-from adanat.envs.observation import ObservationForm
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.envs.actions import ActionMapping
+from adanat.envs.observation import ObservationForm
 from adanat.rng import Generators, normal
 from adanat.sampling import Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict

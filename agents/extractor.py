@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from adanat.envs.observation import step_of
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
+
+from adanat.envs.observation import step_of
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 
 import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecEnv
+
 from adanat.agents import sb3
 from adanat.agents.callbacks import guard_gradient_steps
 from adanat.agents.config import PolicyTraining
 from adanat.agents.extractor import AdaNATExtractor
-from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecEnv
 
 __all__ = ["make_ppo"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from adanat.agents.export import Actor, PolicyController, PolicyMeta, export_policy
 from adanat.envs.core import NATCore
-
 from adanat.evaluation import SampleSpec, controller_fid
 from adanat.metrics import FeatureSpace, FidStatistics
 from adanat.outputs import write_text_atomic

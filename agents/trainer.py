@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+from torch.utils.tensorboard import SummaryWriter
+
 from adanat.agents import sb3
 from adanat.agents.callbacks import (
     EpisodeProgress,
@@ -47,17 +52,12 @@ from adanat.agents.evaluation import PolicyEvaluator
 from adanat.agents.export import Actor, PolicyMeta, export_policy
 from adanat.agents.ppo import make_ppo
 from adanat.agents.selection import FidSelection, world_selection
-from adanat.envs.spec import build_core, load_env_models
-from adanat.envs.vec_env import NATVecEnv, make_vec_env
-from adanat.rewards.base import LearnedReward
-from safetensors.torch import load_model, save_model
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
-from torch.utils.tensorboard import SummaryWriter
-
 from adanat.assets import sha256_of
 from adanat.configs import to_dict
+from adanat.envs.spec import build_core, load_env_models
+from adanat.envs.vec_env import NATVecEnv, make_vec_env
 from adanat.progress import StepProgress
+from adanat.rewards.base import LearnedReward
 
 __all__ = ["PolicyTrainer", "StopOnSignal"]
 

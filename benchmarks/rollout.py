@@ -26,6 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from stable_baselines3.common.utils import obs_as_tensor
+from torch.utils.flop_counter import FlopCounterMode
+
 from adanat.agents.config import PolicyTraining
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.agents.ppo import make_ppo
@@ -34,15 +37,12 @@ from adanat.envs.core import NATCore
 from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig
 from adanat.envs.vec_env import NATVecEnv
-from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
-from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
-from adanat.rewards.real_images import ShapesReal
-from stable_baselines3.common.utils import obs_as_tensor
-from torch.utils.flop_counter import FlopCounterMode
-
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
+from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
+from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
+from adanat.rewards.real_images import ShapesReal
 from adanat.rng import row_generators
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+
 from adanat.envs.action_cost import ActionCost
 from adanat.envs.actions import ActionMapping
 from adanat.envs.core import Finished, NATCore
@@ -13,7 +14,6 @@ from adanat.envs.nat_env import NATEnv
 from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig, build_core
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
-
 from adanat.presets import world_names
 
 __all__ = [

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from adanat.rewards.base import Reward
-from torch import Tensor
-
 from adanat.rng import row_generators
 from adanat.sampling import Episode, NATSampler
 

@@ -7,8 +7,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from adanat.envs.core import NATCore
 from gymnasium import spaces
+
+from adanat.envs.core import NATCore
 
 
 class NATEnv(gym.Env):

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from adanat.envs.actions import ActionMapping
 from adanat.envs.core import NATCore
-from adanat.rewards.base import Reward
-from adanat.rewards.registry import RewardOptions, make_reward
-
 from adanat.precision import check_precision
 from adanat.presets import world_preset
+from adanat.rewards.base import Reward
+from adanat.rewards.registry import RewardOptions, make_reward
 from adanat.sampling import NATSampler
 from adanat.schedules import Schedule, load_schedule
 from adanat.weights import LoadedModels, load_models

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from adanat.envs.action_cost import ActionCost
-from adanat.envs.core import Finished, NATCore
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+from adanat.envs.action_cost import ActionCost
+from adanat.envs.core import Finished, NATCore
 
 
 class NATVecEnv(VecEnv):

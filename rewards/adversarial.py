@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from adanat.rewards.real_images import RealImages
 from torch import Tensor, nn
+
+from adanat.rewards.real_images import RealImages
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
 from adanat.rewards.base import Reward
 
@@ -108,9 +109,8 @@ def _classifier(world: str, options: RewardOptions, device: torch.device) -> Rew
 
     if not world_preset(world).class_accuracy:  # its metric network's logits are its classes
         raise RewardError("the classifier reward exists for the shapes world only")
-    from adanat.rewards.classifier import ClassifierReward
-
     from adanat.assets import load_metric_network
+    from adanat.rewards.classifier import ClassifierReward
 
     return ClassifierReward(load_metric_network().to(device))
 

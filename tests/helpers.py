@@ -61,7 +61,6 @@ def tiny_core(
     """A :class:`NATCore` on tiny random models with a cosine base schedule (guidance 2)."""
     from adanat.envs.actions import ActionMapping
     from adanat.envs.core import NATCore
-
     from adanat.sampling import NATSampler
     from adanat.schedules import cosine_schedule
 

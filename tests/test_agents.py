@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
+from helpers import random_enat
+from safetensors.torch import save_file
+
 from adanat.agents import sb3
 from adanat.agents.callbacks import NonFiniteError, std_at
 from adanat.agents.config import PolicyTraining, parse_std_schedule
@@ -20,13 +24,9 @@ from adanat.agents.export import PolicyController, load_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.agents.trainer import PolicyTrainer
 from adanat.envs.spec import EnvConfig
-from adanat.rewards.registry import _REGISTRY, register
-from gymnasium import spaces
-from helpers import random_enat
-from safetensors.torch import save_file
-
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import model_preset, world_preset
+from adanat.rewards.registry import _REGISTRY, register
 from adanat.rng import row_generators
 from adanat.sampling import ScheduleController
 
@@ -319,10 +319,11 @@ def test_imagenet_world_without_weights_is_one_clear_line(tmp_path):
 
 def test_log_std_value_is_applied():
     """The std the policy actually samples with follows the schedule, rollout by rollout."""
-    from adanat.agents.callbacks import ExplorationStd
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.utils import obs_as_tensor
     from test_sb3_internals import PER_ROLLOUT, toy_ppo
+
+    from adanat.agents.callbacks import ExplorationStd
 
     seen = []
 
@@ -404,9 +405,10 @@ def test_infinite_learning_rate_stops_after_the_first_step_with_one_line():
 
 
 def test_non_finite_reward_after_the_action_cost_stops_at_that_step():
+    from test_sb3_internals import PER_ROLLOUT, toy_ppo, toy_venv
+
     from adanat.agents.callbacks import FiniteGuard
     from adanat.envs.action_cost import ActionCost
-    from test_sb3_internals import PER_ROLLOUT, toy_ppo, toy_venv
 
     venv = ActionCost(toy_venv(reward=1.0), 0.1)
     venv.cost = float("inf")  # past the constructor's check: the reward itself stays finite

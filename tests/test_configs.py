@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+
 from adanat.agents.config import PolicyTraining
+from adanat.configs import Flag, add_flags, field_help, from_dict, to_dict
 from adanat.envs.spec import EnvConfig
 from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardOptions
-
-from adanat.configs import Flag, add_flags, field_help, from_dict, to_dict
 
 
 @dataclass(frozen=True)

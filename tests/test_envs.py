@@ -6,15 +6,15 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import tiny_core
+from stable_baselines3 import A2C
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
 from adanat.envs import ActionCost, NATEnv, NATVecEnv, make_vec_env
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig
-from helpers import tiny_core
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3 import A2C
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
 from adanat.rng import row_generators
 from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from adanat.agents.evaluation import PolicyEvaluator
-from adanat.envs import NATVecEnv
-from adanat.envs.spec import EnvConfig
 from helpers import tiny_core
 
+from adanat.agents.evaluation import PolicyEvaluator
 from adanat.assets import load_metric_network
 from adanat.cli import main
+from adanat.envs import NATVecEnv
+from adanat.envs.spec import EnvConfig
 from adanat.evaluation import SampleSpec, fixed, generate_samples, sample_batches
 from adanat.models.classifier import accuracy
 from adanat.precision import autocast, check_precision

@@ -7,6 +7,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_reward
+from safetensors.torch import save_file
+
+from adanat.models.vqgan import MaskGITVQGAN
+from adanat.presets import model_preset
 from adanat.rewards import LearnedReward, Reward, RewardError, make_reward, reward_names
 from adanat.rewards.discriminators import (
     ConvDiscriminator,
@@ -17,11 +22,6 @@ from adanat.rewards.discriminators import (
 )
 from adanat.rewards.real_images import ShapesReal
 from adanat.rewards.registry import RewardOptions
-from helpers import tiny_reward
-from safetensors.torch import save_file
-
-from adanat.models.vqgan import MaskGITVQGAN
-from adanat.presets import model_preset
 
 
 def test_registry_names_and_errors():

@@ -13,12 +13,6 @@ import numpy as np
 import pytest
 import stable_baselines3
 import torch
-from adanat.agents import sb3
-from adanat.agents.config import PolicyTraining
-from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
-from adanat.agents.ppo import make_ppo
-from adanat.envs.action_cost import ActionCost
-from adanat.envs.spec import EnvConfig
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
@@ -26,6 +20,13 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch.utils.tensorboard import SummaryWriter
+
+from adanat.agents import sb3
+from adanat.agents.config import PolicyTraining
+from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
+from adanat.agents.ppo import make_ppo
+from adanat.envs.action_cost import ActionCost
+from adanat.envs.spec import EnvConfig
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 TOKENS, WIDTH, STEPS, ENVS = 4, 3, 2, 2

@@ -124,9 +124,10 @@ def test_sample_with_no_other_argument(tmp_path):
 
 
 def test_registered_shapes_env_runs_an_episode_with_the_shipped_models():
-    import adanat.envs  # noqa: F401  (registers the ids)
     import gymnasium
     import numpy as np
+
+    import adanat.envs  # noqa: F401  (registers the ids)
 
     env = gymnasium.make("adanat/NAT-shapes-v0")
     obs, info = env.reset(seed=0, options={"label": 3})

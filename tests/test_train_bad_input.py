@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from adanat.agents.config import PolicyTraining
-from adanat.agents.trainer import PolicyTrainer
-from adanat.envs.spec import EnvConfig
 from helpers import random_enat
 from safetensors.torch import load_file, save_file
 
+from adanat.agents.config import PolicyTraining
+from adanat.agents.trainer import PolicyTrainer
 from adanat.assets import asset_dir
+from adanat.envs.spec import EnvConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import model_preset
 
