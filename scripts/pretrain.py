@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 from adanat.assets import asset_dir
-from adanat.cli import UsageError, resolve_device
+from adanat.cli.common import Parser, UsageError, learning_rate, nonnegative_int, positive_int, resolve_device
 from adanat.precision import PRECISIONS
 from adanat.pretrain.run import (
     NonFiniteError,
@@ -48,43 +46,6 @@ from adanat.pretrain.shapes import (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"pretrain: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise argparse.ArgumentTypeError(f"expected a finite learning rate in (0, 1], got {text}")
-    return value
-
-
 def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
@@ -92,7 +53,7 @@ def _path(text: str) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="shapes", choices=["shapes"], help="world to pretrain")
     p.add_argument("--stage", default="all", choices=[*STAGES, "all"])
     p.add_argument(
@@ -117,17 +78,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="continue training from these weights (safetensors of the same config)",
     )
-    g.add_argument("--generator-steps", type=_positive_int, default=None, help="training steps (>= 1)")
-    g.add_argument("--generator-lr", type=_learning_rate, default=None, help="peak learning rate, in (0, 1]")
+    g.add_argument("--generator-steps", type=positive_int, default=None, help="training steps (>= 1)")
+    g.add_argument("--generator-lr", type=learning_rate, default=None, help="peak learning rate, in (0, 1]")
     g.add_argument(
-        "--generator-batch-size", type=_positive_int, default=None, help="batch size (1 .. training images)"
+        "--generator-batch-size", type=positive_int, default=None, help="batch size (1 .. training images)"
     )
     g.add_argument(
-        "--generator-warmup", type=_count, default=None, help="warm-up steps (0: none; fewer than the steps)"
+        "--generator-warmup",
+        type=nonnegative_int,
+        default=None,
+        help="warm-up steps (0: none; fewer than the steps)",
     )
     g.add_argument(
         "--generator-reuse-chain",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="build the reuse path's previous state through up to N earlier steps run with reuse, "

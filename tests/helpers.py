@@ -70,3 +70,16 @@ def tiny_core(
     mapping = ActionMapping(cosine_schedule(steps, guidance=2.0), scale=2.0)
     sampler = NATSampler(random_enat(preset.generator), vq, precision)
     return NATCore(sampler, reward or tiny_reward(), mapping, observation, num_rows, labels)
+
+
+def tiny_model_args(folder: Path) -> list[str]:
+    """Command-line flags of the ``tiny`` preset with weights ``gen.safetensors`` and
+    ``tok.safetensors`` in ``folder``."""
+    return [
+        "--preset",
+        "tiny",
+        "--generator",
+        str(folder / "gen.safetensors"),
+        "--tokenizer",
+        str(folder / "tok.safetensors"),
+    ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_enat
+from helpers import random_enat, tiny_model_args
 from safetensors.torch import save_file
 
 from adanat.assets import asset_dir
@@ -59,17 +59,6 @@ def files(tmp_path_factory) -> Path:
     (d / "corrupt" / "state.json").write_text('{"config": {"steps": 4}, "theta": [1')
     (d / "notapolicy").mkdir()
     return d
-
-
-def _tiny(d: Path) -> list[str]:
-    return [
-        "--preset",
-        "tiny",
-        "--generator",
-        str(d / "gen.safetensors"),
-        "--tokenizer",
-        str(d / "tok.safetensors"),
-    ]
 
 
 SAMPLE = [
@@ -135,7 +124,7 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, command, extra, match
     import re
 
     extra = [e.format(d=files) for e in extra]
-    preset = _tiny(files) if command == "sample" else ["--preset", "shapes"]
+    preset = tiny_model_args(files) if command == "sample" else ["--preset", "shapes"]
     args = [command, *preset, "--device", "cpu", "--steps", "2", *extra]
     if command == "sample":
         args += [] if "--out" in extra else ["--out", str(tmp_path / "out")]

@@ -99,7 +99,7 @@ def test_generator_init_must_exist_and_fit(tmp_path):
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1
     res = _run("--stage", "generator", *where, "--generator-steps", "0")
-    assert res.returncode == 2 and "positive integer" in res.stderr
+    assert res.returncode == 2 and "integer >= 1" in res.stderr
 
 
 def test_unknown_precision_is_one_line(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_enat
+from helpers import random_enat, tiny_model_args
 from safetensors.torch import load_file, save_file
 
 from adanat.agents.config import PolicyTraining
@@ -62,17 +62,6 @@ def inputs(tmp_path_factory) -> Path:
     (d / "busy").mkdir()
     (d / "busy" / "notes.txt").write_text("mine")
     return d
-
-
-def _tiny(d: Path) -> list[str]:
-    return [
-        "--preset",
-        "tiny",
-        "--generator",
-        str(d / "gen.safetensors"),
-        "--tokenizer",
-        str(d / "tok.safetensors"),
-    ]
 
 
 def _truncate(name: str) -> Callable[[Path], None]:
@@ -257,7 +246,7 @@ def _setup(
     names = {"d": str(inputs), "run": str(run)}
     if any("{locked}" in a for a in args):
         names["locked"] = str(_unwritable(tmp_path))
-    return [*_tiny(inputs), *(a.format(**names) for a in args)], message.format(**names), cwd
+    return [*tiny_model_args(inputs), *(a.format(**names) for a in args)], message.format(**names), cwd
 
 
 def _check(code: int, stderr: str, message: str) -> None:

@@ -84,6 +84,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def learning_rate(text: str) -> float:
+    """A finite learning rate in (0, 1]."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a finite learning rate in (0, 1], got {text}")
+    return value
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are the
     others accepted."""

@@ -30,6 +30,7 @@ from adanat.cli.common import (
     Parser,
     UsageError,
     finite_float,
+    nonnegative_int,
     positive_int,
     resolve_device,
     seed_int,
@@ -77,17 +78,6 @@ def std_spec(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -151,7 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             Flag("eval_episodes", type=positive_int),
             Flag(
                 "select_fid",
-                type=non_negative_int,
+                type=nonnegative_int,
                 default=None,
                 metavar="N",
                 default_help=_per_world("select_fid") + "; worlds without shipped FID references: only "
@@ -182,7 +172,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
         [
             Flag(
                 "minibatch_std",
-                type=non_negative_int,
+                type=nonnegative_int,
                 default=None,
                 metavar="G",
                 default_help=_per_world("minibatch_std") + "; 0: off",
