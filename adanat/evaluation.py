@@ -20,11 +20,11 @@ from adanat.distributed import Shard, batch_bounds, gather_batches
 from adanat.flops import count_flops
 from adanat.metrics import FeatureSpace, FidStatistics, Reference, fid_from_features, metrics_from_features
 from adanat.outputs import to_uint8
-from adanat.rng import Generators, row_generators
+from adanat.rng import Rngs, row_rngs
 from adanat.sampling import Controller, Generation, NATSampler
 from adanat.schedules import CONTROL_NAMES
 
-ControllerFactory = Callable[[Generators], Controller]
+ControllerFactory = Callable[[Rngs], Controller]
 """The controller of a batch, given the batch's row generators (a fixed schedule ignores them)."""
 
 
@@ -70,7 +70,7 @@ def sample_batches(
     bounds = spec.bounds()
     for j in range(len(bounds)) if batches is None else batches:
         rows = bounds[j]
-        rngs = row_generators(spec.seed, len(rows), device, offset=rows.start)
+        rngs = row_rngs(spec.seed, len(rows), device, offset=rows.start)
         batch = labels[rows.start : rows.stop]  # (b,)
         yield batch, sampler.generate(batch, make_controller(rngs), spec.steps, rngs)
 
@@ -122,7 +122,7 @@ def generator_gflops(
     device = sampler.device
     num_classes = sampler.generator.num_classes or 1
     labels = torch.arange(rows, device=device) % num_classes  # (rows,)
-    rngs = row_generators(seed, rows, device)
+    rngs = row_rngs(seed, rows, device)
     counts = count_flops(lambda: sampler.generate(labels, controller, steps, rngs))
     return counts.of(type(sampler.generator).__name__) / rows / 1e9
 
@@ -167,7 +167,7 @@ def evaluate_controller(
     if scoring.class_accuracy:
         truth = torch.arange(spec.n) % (sampler.generator.num_classes or 1)  # (N,)
         metrics["class_accuracy"] = float((logits_all.argmax(1) == truth).double().mean())
-    controller = make_controller(row_generators(spec.seed, 2, device))
+    controller = make_controller(row_rngs(spec.seed, 2, device))
     return EvalOutcome(
         metrics=metrics,
         trace=trace.float(),

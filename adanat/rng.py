@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-Generators = torch.Generator | Sequence[torch.Generator]
+Rngs = torch.Generator | Sequence[torch.Generator]
+"""One random generator for a batch, or one per row."""
 
 
-def row_generators(
+def row_rngs(
     seed: int, rows: int, device: torch.device | str = "cpu", offset: int = 0
 ) -> list[torch.Generator]:
     """Independent generators for rows ``offset .. offset+rows-1`` of a run seeded with ``seed``.
@@ -32,51 +33,48 @@ def row_generators(
     return out
 
 
-def uniform(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
+def uniform(rows: int, shape: Sequence[int], rngs: Rngs, device: torch.device) -> torch.Tensor:
     """Uniform draws in ``(0, 1)`` of shape ``(rows, *shape)``, from one generator for the batch
     or one generator per row."""
     tiny = torch.finfo(torch.float32).tiny
-    if isinstance(generators, torch.Generator):
-        u = torch.rand((rows, *shape), generator=generators, device=device)
+    if isinstance(rngs, torch.Generator):
+        u = torch.rand((rows, *shape), generator=rngs, device=device)
     else:
-        if len(generators) != rows:
-            raise ValueError(f"{len(generators)} generators for {rows} rows")
-        u = torch.stack([torch.rand(tuple(shape), generator=g, device=device) for g in generators])
+        if len(rngs) != rows:
+            raise ValueError(f"{len(rngs)} generators for {rows} rows")
+        u = torch.stack([torch.rand(tuple(shape), generator=g, device=device) for g in rngs])
     return u.clamp_(min=tiny)
 
 
-def gumbel(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
+def gumbel(rows: int, shape: Sequence[int], rngs: Rngs, device: torch.device) -> torch.Tensor:
     """Standard Gumbel noise of shape ``(rows, *shape)``, drawn as :func:`uniform`."""
-    return -torch.log(-torch.log(uniform(rows, shape, generators, device)))
+    return -torch.log(-torch.log(uniform(rows, shape, rngs, device)))
 
 
 def gumbel_packed(
-    counts: Sequence[int], shape: Sequence[int], generators: Generators, device: torch.device
+    counts: Sequence[int], shape: Sequence[int], rngs: Rngs, device: torch.device
 ) -> torch.Tensor:
     """Gumbel noise for ``counts[b]`` items of row ``b``, packed row after row: ``(sum(counts), *shape)``.
 
     With per-row generators, row ``b`` draws ``(counts[b], *shape)`` from its own stream.
     """
     tiny = torch.finfo(torch.float32).tiny
-    if isinstance(generators, torch.Generator):
-        u = torch.rand((sum(counts), *shape), generator=generators, device=device)
+    if isinstance(rngs, torch.Generator):
+        u = torch.rand((sum(counts), *shape), generator=rngs, device=device)
     else:
-        if len(generators) != len(counts):
-            raise ValueError(f"{len(generators)} generators for {len(counts)} rows")
+        if len(rngs) != len(counts):
+            raise ValueError(f"{len(rngs)} generators for {len(counts)} rows")
         u = torch.cat(
-            [
-                torch.rand((n, *shape), generator=g, device=device)
-                for g, n in zip(generators, counts, strict=True)
-            ]
+            [torch.rand((n, *shape), generator=g, device=device) for g, n in zip(rngs, counts, strict=True)]
         )
     return -torch.log(-torch.log(u.clamp_(min=tiny)))
 
 
-def normal(rows: int, shape: Sequence[int], generators: Generators, device: torch.device) -> torch.Tensor:
+def normal(rows: int, shape: Sequence[int], rngs: Rngs, device: torch.device) -> torch.Tensor:
     """Standard normal draws of shape ``(rows, *shape)``, from one generator for the batch or one
     generator per row."""
-    if isinstance(generators, torch.Generator):
-        return torch.randn((rows, *shape), generator=generators, device=device)
-    if len(generators) != rows:
-        raise ValueError(f"{len(generators)} generators for {rows} rows")
-    return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in generators])
+    if isinstance(rngs, torch.Generator):
+        return torch.randn((rows, *shape), generator=rngs, device=device)
+    if len(rngs) != rows:
+        raise ValueError(f"{len(rngs)} generators for {rows} rows")
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in rngs])

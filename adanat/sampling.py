@@ -36,7 +36,7 @@ from torch import Tensor
 from adanat.generator import GuidedOutput, NATGenerator
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.precision import autocast, check_precision
-from adanat.rng import Generators, gumbel, gumbel_packed
+from adanat.rng import Rngs, gumbel, gumbel_packed
 from adanat.schedules import CONTROL_NAMES, Schedule
 
 
@@ -64,7 +64,7 @@ def select_tokens(
     cond_logits: Tensor,
     uncond_logits: Tensor,
     controls: Controls,
-    rngs: Generators,
+    rngs: Rngs,
     mask_id: int,
 ) -> tuple[Tensor, Tensor]:
     """Sample the masked tokens and choose which stay masked; returns ``(next_ids, sampled_ids)``.
@@ -160,7 +160,7 @@ class Episode:
     """
 
     cond: Tensor  # (B,) or (B, tokens, width)
-    rngs: Generators
+    rngs: Rngs
     steps: int
     step: int
     ids: Tensor  # (B, L) ids entering the current step
@@ -214,7 +214,7 @@ class NATSampler:
             return self.generator.guided_forward(ids, cond, state)
 
     @torch.no_grad()
-    def start(self, cond: Tensor, steps: int, rngs: Generators) -> Episode:
+    def start(self, cond: Tensor, steps: int, rngs: Rngs) -> Episode:
         """New episodes, one per row of ``cond``, with the first step's forward done.
 
         :param cond: ``(B,)`` class ids or ``(B, tokens, width)`` text states.
@@ -273,7 +273,7 @@ class NATSampler:
         cond: Tensor,
         controller: Controller,
         steps: int,
-        rngs: Generators,
+        rngs: Rngs,
         on_step: Callable[[int], None] | None = None,
     ) -> Generation:
         """One image per row of ``cond`` in ``steps`` steps, the controller asked for the

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
-from adanat.rng import Generators, normal
+from adanat.rng import Rngs, normal
 from adanat.sampling import Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict
 
@@ -138,7 +138,7 @@ class PolicyController:
         actor: Actor,
         meta: PolicyMeta,
         stochastic: bool = False,
-        rngs: Generators | None = None,
+        rngs: Rngs | None = None,
     ) -> None:
         if stochastic and rngs is None:
             raise ValueError("a stochastic policy needs random generators")

@@ -43,7 +43,7 @@ from adanat.flops import FlopCount, count_flops
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import (
     Controller,
     Controls,
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
 
     def gen(controller: Controller, reuse: bool = True, rows: torch.Tensor = labels, off: int = 0):
         sampler = NATSampler(model, reuse=reuse)
-        return sampler.generate(rows, controller, steps, row_generators(0, len(rows), device, off))
+        return sampler.generate(rows, controller, steps, row_rngs(0, len(rows), device, off))
 
     def per_row_loop():
         for r in range(b):
@@ -202,7 +202,7 @@ def large_flops(name: str, device: torch.device) -> tuple[dict[str, FlopCount], 
     top = type(model).__name__
 
     def gen_once(reuse: bool) -> Generation:
-        return NATSampler(model, reuse=reuse).generate(labels, schedule, 8, row_generators(0, 1, device))
+        return NATSampler(model, reuse=reuse).generate(labels, schedule, 8, row_rngs(0, 1, device))
 
     gen = count_flops(lambda: out.setdefault("reuse", gen_once(True)))
     dec = count_flops(lambda: tokenizer.decode(out["reuse"].ids.reshape(1, grid, grid)))
@@ -248,7 +248,7 @@ def throughput(name: str, batches: list[int], device: torch.device, repeats: int
         labels = torch.arange(b, device=device) % model.config.num_classes  # (B,)
 
         def fn() -> object:  # the library's path: --precision of sample, eval, train_policy
-            gens = row_generators(0, b, device)
+            gens = row_rngs(0, b, device)
             sampler = NATSampler(model, tokenizer, precision)
             return sampler.generate(labels, schedule, 8, gens).images
 

@@ -43,7 +43,7 @@ from adanat.presets import generator_config, model_preset
 from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
 from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
 from adanat.rewards.real_images import ShapesReal
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     sampler = NATSampler(gen, tok)
 
     def bare() -> None:
-        sampler.generate(labels, ScheduleController(base), steps, row_generators(0, b))
+        sampler.generate(labels, ScheduleController(base), steps, row_rngs(0, b))
 
     envs, policies = {}, {}
     for form in ("compact", "full"):
@@ -211,7 +211,7 @@ def large_share(steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     big = ENAT(generator_config("enat-l-in256")).eval()
     schedule = ScheduleController(load_schedule("enat", steps=steps))
-    g = flops_of(lambda: NATSampler(big).generate(torch.tensor([1]), schedule, steps, row_generators(0, 1)))
+    g = flops_of(lambda: NATSampler(big).generate(torch.tensor([1]), schedule, steps, row_rngs(0, 1)))
     return float(pol), float(g)
 
 

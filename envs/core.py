@@ -24,7 +24,7 @@ from torch import Tensor
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from adanat.rewards.base import Reward
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import Episode, NATSampler
 
 
@@ -92,10 +92,10 @@ class NATCore:
         return self._episode.cond
 
     def seed(self, seeds: list[int]) -> None:
-        """One seed per row: row ``i`` draws from ``row_generators(seeds[i], 1)`` only."""
+        """One seed per row: row ``i`` draws from ``row_rngs(seeds[i], 1)`` only."""
         if len(seeds) != self.num_rows:
             raise ValueError(f"{len(seeds)} seeds for {self.num_rows} rows")
-        self.rngs = [row_generators(int(s), 1, self.device)[0] for s in seeds]
+        self.rngs = [row_rngs(int(s), 1, self.device)[0] for s in seeds]
 
     @torch.no_grad()
     def reset(self) -> dict[str, np.ndarray]:

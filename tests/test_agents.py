@@ -27,7 +27,7 @@ from adanat.envs.spec import EnvConfig
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import model_preset, world_preset
 from adanat.rewards.registry import _REGISTRY, register
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import ScheduleController
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,9 +103,9 @@ def test_untrained_policy_is_the_base_schedule_and_std_follows_its_schedule(tiny
     core = trainer.core
     labels = torch.arange(6) % 10
     policy = core.sampler.generate(
-        labels, PolicyController(trainer.actor(), trainer.meta()), 2, row_generators(1, 6)
+        labels, PolicyController(trainer.actor(), trainer.meta()), 2, row_rngs(1, 6)
     )
-    base = core.sampler.generate(labels, ScheduleController(core.mapping.base), 2, row_generators(1, 6))
+    base = core.sampler.generate(labels, ScheduleController(core.mapping.base), 2, row_rngs(1, 6))
     assert torch.equal(policy.trace, base.trace) and torch.equal(policy.ids, base.ids)
     trainer.train()
     log_std = sb3.exploration_log_std(trainer.model)

@@ -15,7 +15,7 @@ from adanat.envs import ActionCost, NATEnv, NATVecEnv, make_vec_env
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 
@@ -122,7 +122,7 @@ def test_zero_actions_reproduce_generation_with_the_base_schedule():
         vec.step_wait()
     (finished,) = vec.drain_finished()
     core = vec.core
-    gens = [row_generators(seed + i, 1)[0] for i in range(n)]
+    gens = [row_rngs(seed + i, 1)[0] for i in range(n)]
     labels = torch.cat([torch.randint(0, 10, (1,), generator=g) for g in gens])  # as the env draws them
     assert torch.equal(labels, finished.labels)
     ref = core.sampler.generate(labels, ScheduleController(core.mapping.base), steps, gens)

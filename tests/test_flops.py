@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from adanat.flops import attention_flops, count_flops, flop_counter
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import Controls, GenerationState, NATSampler
 from adanat.schedules import cosine_schedule
 
@@ -116,7 +116,7 @@ def test_generation_adds_exactly_attention(tiny_enat, reuse):
 
     def run() -> object:
         sampler = NATSampler(tiny_enat, reuse=reuse)
-        return sampler.generate(labels, RaggedSchedule(steps, rows), steps, row_generators(0, rows))
+        return sampler.generate(labels, RaggedSchedule(steps, rows), steps, row_rngs(0, rows))
 
     with FlopCounterMode(display=False) as plain:
         run()

@@ -8,7 +8,7 @@ from helpers import fixture_tensors
 
 from adanat.models.enat import ENAT, ReuseState
 from adanat.presets import generator_config
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 
@@ -39,10 +39,10 @@ def test_generation_on_cuda_is_reproducible(tiny_enat):
     ctrl = ScheduleController(load_schedule("enat", steps=8))
     labels = torch.arange(4, device="cuda")
     f32, b16 = NATSampler(model), NATSampler(model, precision="bfloat16")
-    a = f32.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
-    b = f32.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    a = f32.generate(labels, ctrl, 8, row_rngs(0, 4, "cuda"))
+    b = f32.generate(labels, ctrl, 8, row_rngs(0, 4, "cuda"))
     assert torch.equal(a.ids, b.ids)
-    c = b16.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    c = b16.generate(labels, ctrl, 8, row_rngs(0, 4, "cuda"))
     assert c.ids.shape == a.ids.shape and int((c.ids == model.config.mask_id).sum()) == 0
-    d = b16.generate(labels, ctrl, 8, row_generators(0, 4, "cuda"))
+    d = b16.generate(labels, ctrl, 8, row_rngs(0, 4, "cuda"))
     assert torch.equal(c.ids, d.ids)

@@ -17,7 +17,7 @@ from adanat.envs.spec import EnvConfig
 from adanat.evaluation import SampleSpec, fixed, generate_samples, sample_batches
 from adanat.models.classifier import accuracy
 from adanat.precision import autocast, check_precision
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
@@ -71,7 +71,7 @@ def test_env_core_runs_generation_in_its_precision():
     core = vec.core
 
     def streams() -> tuple[list[torch.Generator], torch.Tensor]:
-        gens = [row_generators(seed + i, 1)[0] for i in range(n)]
+        gens = [row_rngs(seed + i, 1)[0] for i in range(n)]
         return gens, torch.cat([torch.randint(0, 10, (1,), generator=g) for g in gens])  # as the env does
 
     base = ScheduleController(core.mapping.base)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import Controls, GenerationState, NATSampler, ScheduleController, select_tokens
 from adanat.schedules import Schedule, load_schedule
 
@@ -31,10 +31,10 @@ def _controls(b, mask_ratio=0.5, sampling_temp=1.0, remask_temp=1.0, guidance=0.
 def test_schedule_batch_equals_rows_alone(tiny_enat, tiny_vqgan):
     labels = torch.tensor([0, 1, 2, 3, 9])
     ctrl = ScheduleController(load_schedule("enat", steps=6))
-    batch = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 6, row_generators(7, 5))
+    batch = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 6, row_rngs(7, 5))
     for r in range(5):
         alone = NATSampler(tiny_enat, tiny_vqgan).generate(
-            labels[r : r + 1], ctrl, 6, row_generators(7, 1, offset=r)
+            labels[r : r + 1], ctrl, 6, row_rngs(7, 1, offset=r)
         )
         assert torch.equal(alone.ids[0], batch.ids[r])
         assert torch.equal(alone.trace[0], batch.trace[r])
@@ -49,13 +49,13 @@ def test_per_sample_schedules_equal_rows_alone(tiny_enat):
         Schedule("fast", (0.2, 0.1, 0.05, 0.01, 0.0), (0.5,) * 5, (3.0,) * 5, (4.0,) * 5),
     ]
     labels = torch.tensor([4, 4, 8, 1])
-    batch = NATSampler(tiny_enat).generate(labels, PerRowController(schedules), 5, row_generators(3, 4))
+    batch = NATSampler(tiny_enat).generate(labels, PerRowController(schedules), 5, row_rngs(3, 4))
     L = tiny_enat.config.seq_len
     # rows really are ragged: after step 0 the masked counts differ
     assert batch.num_masked[:, 1].tolist() == [60, 60, 57, 12]
     for r, s in enumerate(schedules):
         alone = NATSampler(tiny_enat).generate(
-            labels[r : r + 1], ScheduleController(s), 5, row_generators(3, 1, offset=r)
+            labels[r : r + 1], ScheduleController(s), 5, row_rngs(3, 1, offset=r)
         )
         assert torch.equal(alone.ids[0], batch.ids[r])
         assert torch.equal(alone.num_masked[0], batch.num_masked[r])
@@ -65,7 +65,7 @@ def test_per_sample_schedules_equal_rows_alone(tiny_enat):
 
 def test_revealed_counts_follow_the_schedule(tiny_enat):
     s = load_schedule("autonat-l-t8", steps=8)
-    out = NATSampler(tiny_enat).generate(torch.arange(3), ScheduleController(s), 8, row_generators(0, 3))
+    out = NATSampler(tiny_enat).generate(torch.arange(3), ScheduleController(s), 8, row_rngs(0, 3))
     L = tiny_enat.config.seq_len
     expected = [L] + [math.floor(L * m) for m in s.mask_ratio]
     assert out.num_masked.tolist() == [expected] * 3
@@ -78,16 +78,16 @@ def test_revealed_counts_follow_the_schedule(tiny_enat):
 def test_every_step_reveals_at_least_one(tiny_enat):
     # a schedule that never lowers the mask ratio: the clamp still reveals one token per step
     s = Schedule("stuck", (0.99, 0.99, 0.99, 0.0), (1.0,) * 4, (1.0,) * 4, (0.0,) * 4)
-    out = NATSampler(tiny_enat).generate(torch.tensor([0]), ScheduleController(s), 4, row_generators(0, 1))
+    out = NATSampler(tiny_enat).generate(torch.tensor([0]), ScheduleController(s), 4, row_rngs(0, 1))
     assert out.num_masked[0].tolist() == [64, 63, 62, 61, 0]
 
 
 def test_fixed_seeds_reproduce(tiny_enat, tiny_vqgan):
     ctrl = ScheduleController(load_schedule("cosine", steps=4))
     labels = torch.tensor([1, 5])
-    a = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_generators(11, 2))
-    b = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_generators(11, 2))
-    c = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_generators(12, 2))
+    a = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_rngs(11, 2))
+    b = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_rngs(11, 2))
+    c = NATSampler(tiny_enat, tiny_vqgan).generate(labels, ctrl, 4, row_rngs(12, 2))
     assert torch.equal(a.ids, b.ids) and torch.equal(a.images, b.images)
     assert not torch.equal(a.ids, c.ids)
     # one generator for the whole batch is reproducible too
@@ -103,7 +103,7 @@ def test_controller_sees_this_steps_features(tiny_enat):
         seen.append((state.step, state.features.shape, int((state.ids == 64).sum())))
         return _controls(state.ids.shape[0], mask_ratio=0.5)
 
-    NATSampler(tiny_enat).generate(torch.tensor([0, 1]), ctrl, 3, row_generators(0, 2))
+    NATSampler(tiny_enat).generate(torch.tensor([0, 1]), ctrl, 3, row_rngs(0, 2))
     assert seen == [(0, (2, 64, 64), 128), (1, (2, 64, 64), 64), (2, (2, 64, 64), 62)]
 
 
@@ -113,8 +113,8 @@ def test_guidance_zero_ignores_the_unconditional_branch():
     ids[:, :4] = torch.tensor([1, 2, 3, 4])
     cond = torch.randn(2, 16, 8, generator=gen)
     c = _controls(2, mask_ratio=0.25, guidance=0.0)
-    a = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_generators(0, 2), mask_id=8)
-    b = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_generators(0, 2), mask_id=8)
+    a = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_rngs(0, 2), mask_id=8)
+    b = select_tokens(ids, cond, torch.randn(2, 16, 8), c, row_rngs(0, 2), mask_id=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # visible tokens are kept and never re-masked
     assert torch.equal(a[0][:, :4], ids[:, :4]) and torch.equal(a[1][:, :4], ids[:, :4])
@@ -128,7 +128,7 @@ def test_guidance_formula_and_greedy_limits():
     ids = torch.full((1, 10), 5)
     cond, uncond = torch.randn(1, 10, 5, generator=gen), torch.randn(1, 10, 5, generator=gen)
     c = _controls(1, mask_ratio=0.3, sampling_temp=1e-4, remask_temp=0.0, guidance=2.0)
-    nxt, sampled = select_tokens(ids, cond, uncond, c, row_generators(0, 1), mask_id=5)
+    nxt, sampled = select_tokens(ids, cond, uncond, c, row_rngs(0, 1), mask_id=5)
     guided = cond + 2.0 * (cond - uncond)
     assert torch.equal(sampled, guided.argmax(-1))
     conf = guided.log_softmax(-1).max(-1).values[0]
@@ -141,7 +141,7 @@ def test_episode_methods_are_the_generation_loop(tiny_enat, tiny_vqgan):
     sampler = NATSampler(tiny_enat, tiny_vqgan)
     labels = torch.tensor([2, 3])
     c = _controls(2, mask_ratio=0.8, guidance=1.5)
-    episode = sampler.start(labels, 3, row_generators(0, 2))
+    episode = sampler.start(labels, 3, row_rngs(0, 2))
     first = tiny_enat.guided_forward(torch.full((2, 64), 64), labels)
     assert torch.equal(episode.features, first.features)
     assert episode.features.shape == (2, 64, tiny_enat.feature_dim)
@@ -157,22 +157,22 @@ def test_episode_methods_are_the_generation_loop(tiny_enat, tiny_vqgan):
     with pytest.raises(RuntimeError, match="finished"):
         sampler.advance(episode, c)
     by_hand = sampler.finish(episode)
-    loop = sampler.generate(labels, lambda _s: c, 3, row_generators(0, 2))
+    loop = sampler.generate(labels, lambda _s: c, 3, row_rngs(0, 2))
     assert torch.equal(by_hand.ids, loop.ids) and torch.equal(by_hand.images, loop.images)
     assert torch.equal(by_hand.trace, loop.trace) and by_hand.num_masked[:, 1].tolist() == [51, 51]
 
 
 def test_finish_before_the_last_step_is_refused(tiny_enat):
     sampler = NATSampler(tiny_enat)
-    episode = sampler.start(torch.tensor([0]), 2, row_generators(0, 1))
+    episode = sampler.start(torch.tensor([0]), 2, row_rngs(0, 1))
     with pytest.raises(RuntimeError, match="step 0 of 2"):
         sampler.finish(episode)
 
 
 def test_without_reuse_every_step_encodes_every_visible_token(tiny_enat):
     labels, ctrl = torch.tensor([1, 4]), ScheduleController(load_schedule("cosine", steps=4))
-    reuse = NATSampler(tiny_enat, reuse=True).generate(labels, ctrl, 4, row_generators(5, 2))
-    fresh = NATSampler(tiny_enat, reuse=False).generate(labels, ctrl, 4, row_generators(5, 2))
+    reuse = NATSampler(tiny_enat, reuse=True).generate(labels, ctrl, 4, row_rngs(5, 2))
+    fresh = NATSampler(tiny_enat, reuse=False).generate(labels, ctrl, 4, row_rngs(5, 2))
     assert reuse.num_masked.tolist() == fresh.num_masked.tolist()  # the same schedule
     assert not torch.equal(reuse.ids, fresh.ids)  # ... computed differently from step 1 on
 
@@ -180,4 +180,4 @@ def test_without_reuse_every_step_encodes_every_visible_token(tiny_enat):
 def test_schedule_controller_checks_steps(tiny_enat):
     ctrl = ScheduleController(load_schedule("autonat-l-t8", steps=8))
     with pytest.raises(ValueError, match="8 steps"):
-        NATSampler(tiny_enat).generate(torch.tensor([0]), ctrl, 4, row_generators(0, 1))
+        NATSampler(tiny_enat).generate(torch.tensor([0]), ctrl, 4, row_rngs(0, 1))

@@ -12,7 +12,7 @@ import torch
 
 from adanat.assets import AssetError, asset_dir, load_metric_network, read_manifest, verified_file
 from adanat.models.classifier import accuracy
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
@@ -100,7 +100,7 @@ def test_generated_images_have_the_requested_class():
     labels = torch.arange(30) % 10
     sampler = NATSampler(models.generator, models.tokenizer)
     out = sampler.generate(
-        labels, ScheduleController(load_schedule("enat", steps=8, variant="shapes")), 8, row_generators(0, 30)
+        labels, ScheduleController(load_schedule("enat", steps=8, variant="shapes")), 8, row_rngs(0, 30)
     )
     assert out.images.shape == (30, 3, 32, 32)
     assert float(out.images.min()) >= 0 and float(out.images.max()) <= 1

@@ -24,7 +24,7 @@ from adanat.metrics import FeatureSpace, MetricsError, Reference, ReferenceReque
 from adanat.outputs import OutputError
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
-from adanat.rng import Generators
+from adanat.rng import Rngs
 from adanat.sampling import Controller, NATSampler, ScheduleController
 from adanat.schedules import Schedule, ScheduleError, builtin_schedule_names, load_schedule
 from adanat.search import SearchError
@@ -223,7 +223,7 @@ def load_sampler(args: argparse.Namespace, device: torch.device) -> tuple[Loaded
 
 def policy_controllers(
     args: argparse.Namespace, schedule: Schedule | None, target: Target, models: LoadedModels
-) -> tuple[Callable[[Generators], Controller], int, dict[str, object]]:
+) -> tuple[Callable[[Rngs], Controller], int, dict[str, object]]:
     """``(controller for a batch's row generators, T, description)`` for a schedule (given,
     already loaded) or the policy folder ``args.policy``, which must fit the loaded models."""
     if schedule is not None:

@@ -11,7 +11,7 @@ import torch
 from adanat.cli import common
 from adanat.outputs import check_output_dir, save_grid, save_images, staged_dir
 from adanat.progress import StepProgress
-from adanat.rng import row_generators
+from adanat.rng import row_rngs
 from adanat.schedules import CONTROL_NAMES
 
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     images, traces = [], []
     with staged_dir(out) as stage, StepProgress("sampling", len(batches) * steps, every=steps) as progress:
         for rows in batches:
-            rngs = row_generators(args.seed, len(rows), device, offset=rows.start)
+            rngs = row_rngs(args.seed, len(rows), device, offset=rows.start)
             result = sampler.generate(
                 label_t[rows.start : rows.stop],
                 make_controller(rngs),
