@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from adanat.checkpoints import CheckpointError, read_state_dict
+from adanat.errors import first_line
 from adanat.models.classifier import ClassifierConfig, ShapesClassifier
 
 
@@ -92,5 +93,5 @@ def load_metric_network(path: Path | None = None, device: torch.device | str = "
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"metric network {path} does not fit: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"metric network {path} does not fit: {first_line(e)}") from None
     return net.eval().requires_grad_(False).to(device)

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from adanat.errors import first_line
 from adanat.models.enat import ENAT, ENATConfig
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
 
@@ -37,7 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "(only weights_only=True loading is allowed)"
         ) from None
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]

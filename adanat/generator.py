@@ -27,10 +27,11 @@ generator's own layout; ``feature_dim`` is ``D``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -39,17 +40,22 @@ class GuidedOutput:
 
     :param cond_logits: ``(B, L, K)`` conditional logits; only masked positions are used.
     :param uncond_logits: ``(B, L, K)`` unconditional logits.
-    :param features: ``(B, L, D)`` conditional-branch features, what a policy observes.
+    :param raw_features: ``(B, L, D)`` conditional-branch features in the generator's dtype.
     :param state: what the next step's forward may reuse (None for generators without reuse).
     """
 
     cond_logits: Tensor  # (B, L, K)
     uncond_logits: Tensor  # (B, L, K)
-    features: Tensor  # (B, L, D)
+    raw_features: Tensor  # (B, L, D)
     state: Any | None
 
+    @property
+    def features(self) -> Tensor:
+        """``(B, L, D)`` float32 features, what a policy observes (converted when asked for, so a
+        fixed schedule under bfloat16 pays no copy)."""
+        return self.raw_features.float()
 
-@runtime_checkable
+
 class NATGenerator(Protocol):
     """A non-autoregressive token generator as the sampler drives it."""
 
@@ -81,6 +87,10 @@ class NATGenerator(Protocol):
     @property
     def reuses_state(self) -> bool:
         """Whether :meth:`guided_forward` returns a state the next step can reuse."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The weights (a generator is a torch module; the sampler runs on their device)."""
         ...
 
     def null_condition(self, cond: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,24 @@ from torchvision.utils import make_grid, save_image
 
 class OutputError(ValueError):
     """An output location that cannot be used."""
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """``path`` is a folder or can become one, and a file can be created in its nearest existing
+    ancestor (a probe file, removed again; ``os.access`` says yes to root everywhere)."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a folder")
+    base = path.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"{flag} {path}: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".adanat-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write in {base} ({e.strerror or e})") from None
 
 
 def check_output_dir(out: Path) -> None:
@@ -39,7 +58,10 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         raise OutputError(f"cannot create {out.parent}: {e.strerror}") from None
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
+    try:
+        stage.mkdir()
+    except OSError as e:
+        raise OutputError(f"cannot write in {out.parent}: {e.strerror or e}") from None
     try:
         yield stage
         check_output_dir(out)

@@ -207,7 +207,7 @@ class NATSampler:
 
     @property
     def device(self) -> torch.device:
-        return next(self.generator.parameters()).device  # type: ignore[attr-defined]
+        return next(self.generator.parameters()).device
 
     def _forward(self, ids: Tensor, cond: Tensor, state: Any | None) -> GuidedOutput:
         with autocast(ids.device, self.precision):

@@ -32,6 +32,7 @@ from torch import Tensor
 from adanat.agents.config import PolicyTraining
 from adanat.checkpoints import CheckpointError
 from adanat.configs import from_dict
+from adanat.errors import first_line
 
 CHECKPOINT, OLD, TMP = "checkpoint", "checkpoint.old", "checkpoint.tmp"
 STATE, POLICY, OPTIMIZER, RNG, REWARD = (
@@ -85,11 +86,6 @@ def _bad(folder: Path, name: str, why: str) -> CheckpointError:
     return CheckpointError(f"checkpoint file {folder / name} is {why}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def _torch_file(folder: Path, name: str) -> Any:
     path = folder / name
     if not path.is_file():
@@ -97,7 +93,7 @@ def _torch_file(folder: Path, name: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle and unpickling errors, OS errors
-        raise _bad(folder, name, f"unreadable ({_first_line(e)})") from None
+        raise _bad(folder, name, f"unreadable ({first_line(e)})") from None
 
 
 def _state(folder: Path) -> dict[str, Any]:
@@ -107,7 +103,7 @@ def _state(folder: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(folder, STATE, f"unreadable ({_first_line(e)})") from None
+        raise _bad(folder, STATE, f"unreadable ({first_line(e)})") from None
     if not isinstance(state, dict):
         raise _bad(folder, STATE, "not a JSON object")
     missing = [k for k in STATE_KEYS if k not in state]
@@ -150,7 +146,7 @@ def _policy(folder: Path) -> dict[str, Tensor]:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _bad(folder, POLICY, f"unreadable ({_first_line(e)})") from None
+        raise _bad(folder, POLICY, f"unreadable ({first_line(e)})") from None
     missing = [k for k in POLICY_KEYS if k not in tensors]
     if missing:
         raise _bad(folder, POLICY, f"missing tensor(s) {', '.join(missing)}")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
+from adanat.errors import first_line
 from adanat.rng import Rngs, normal
 from adanat.sampling import Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict
@@ -123,7 +124,7 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
         actor.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
     except Exception as e:  # safetensors errors derive from Exception only
         raise PolicyError(
-            f"{folder / WEIGHTS} does not hold this policy's weights: {str(e).splitlines()[0]}"
+            f"{folder / WEIGHTS} does not hold this policy's weights: {first_line(e)}"
         ) from None
     return actor.to(device).eval(), meta
 

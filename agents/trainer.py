@@ -56,6 +56,7 @@ from adanat.assets import sha256_of
 from adanat.configs import to_dict
 from adanat.envs.spec import build_core, load_env_models
 from adanat.envs.vec_env import NATVecEnv, make_vec_env
+from adanat.errors import first_line
 from adanat.progress import StepProgress
 from adanat.rewards.base import LearnedReward
 
@@ -158,8 +159,11 @@ class PolicyTrainer:
         files[STATE] = lambda p: p.write_text(json.dumps(state, indent=2) + "\n")
         write_checkpoint(self.run_dir, files)
         zip_tmp = self.run_dir / "sb3_model.tmp.zip"
-        model.save(zip_tmp)
-        zip_tmp.replace(self.run_dir / "sb3_model.zip")
+        try:
+            model.save(zip_tmp)
+            zip_tmp.replace(self.run_dir / "sb3_model.zip")
+        finally:
+            zip_tmp.unlink(missing_ok=True)
         export_policy(self.run_dir / "policy", self.actor(), self.meta())
 
     def restore(self, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
@@ -226,10 +230,17 @@ class PolicyTrainer:
     # -- the run ---------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         """Train to ``cfg.episodes``; Ctrl-C saves and returns ``{}``. Returns the final evaluation.
+        The TensorBoard files are closed at the end, whatever happens.
 
         :raises NonFiniteError: a reward, loss or parameter became non-finite; the last good
             checkpoint stays as it was.
         """
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, float]:
         cfg, steps = self.cfg, self.cfg.env.steps
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self.writer
@@ -269,6 +280,12 @@ class PolicyTrainer:
         self.save()
         return self.evaluate(sb3.rollouts_done(self.model))
 
+    def close(self) -> None:
+        """Flush and close the TensorBoard files (SB3's logger and the run's writer)."""
+        if self._writer is not None:
+            self.model.logger.close()
+            self._writer = None
+
     def _last_good(self) -> str:
         final = self.run_dir / CHECKPOINT
         if (final / STATE).is_file():
@@ -288,7 +305,7 @@ class _names_file:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
         if error is None or not isinstance(error, Exception):
             return False
-        text = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        text = first_line(error, 200)
         raise CheckpointError(f"checkpoint file {self.path} {self.what} ({text})") from None
 
 

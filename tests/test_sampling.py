@@ -181,3 +181,46 @@ def test_schedule_controller_checks_steps(tiny_enat):
     ctrl = ScheduleController(load_schedule("autonat-l-t8", steps=8))
     with pytest.raises(ValueError, match="8 steps"):
         NATSampler(tiny_enat).generate(torch.tensor([0]), ctrl, 4, row_rngs(0, 1))
+
+
+class TextConditionedStub(torch.nn.Module):
+    """A tiny NAT of the second kind the protocol promises: text states ``(B, tokens, width)`` as
+    the condition, the empty prompt as the null condition, and no reuse (state always None)."""
+
+    seq_len, grid, mask_id, feature_dim, num_classes, reuses_state = 16, 4, 8, 6, None, False
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.embed = torch.nn.Parameter(torch.randn(9, 6, generator=gen))  # (K+1, D)
+        self.text = torch.nn.Parameter(torch.randn(3, 6, generator=gen))  # (width, D)
+        self.head = torch.nn.Parameter(torch.randn(6, 8, generator=gen))  # (D, K)
+        self.empty = torch.zeros(5, 3)  # the empty prompt's states (tokens, width)
+        self.states_seen: list[object] = []
+
+    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.empty.expand_as(cond)  # (B, tokens, width)
+
+    def guided_forward(self, ids, cond, state=None):
+        from adanat.generator import GuidedOutput
+
+        self.states_seen.append(state)
+        b = ids.shape[0]
+        c = torch.cat([cond, self.null_condition(cond)]).mean(1) @ self.text  # (2B, D)
+        h = self.embed[torch.cat([ids, ids])] + c[:, None]  # (2B, L, D)
+        logits = h @ self.head  # (2B, L, K)
+        return GuidedOutput(logits[:b], logits[b:], h[:b], None)
+
+
+def test_a_text_conditioned_generator_without_reuse_plugs_into_the_sampler():
+    stub = TextConditionedStub()
+    prompts = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(1))  # (B, tokens, width)
+    ctrl = ScheduleController(load_schedule("cosine", steps=4))
+    batch = NATSampler(stub).generate(prompts, ctrl, 4, row_rngs(2, 3))
+    assert stub.states_seen == [None] * 4  # no reuse: every step runs the whole sequence
+    assert batch.num_masked[:, 0].tolist() == [16] * 3 and batch.num_masked[:, -1].tolist() == [0] * 3
+    for r in range(3):
+        alone = NATSampler(stub).generate(prompts[r : r + 1], ctrl, 4, row_rngs(2, 1, offset=r))
+        assert torch.equal(alone.ids[0], batch.ids[r])
+    other = NATSampler(stub).generate(prompts.flip(0), ctrl, 4, row_rngs(2, 3))
+    assert not torch.equal(other.ids[0], batch.ids[0])  # the condition matters

@@ -7,12 +7,14 @@ Bad input ends with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from adanat.cli import eval as eval_command
 from adanat.cli import sample, search, train
 from adanat.cli.common import EXPECTED_ERRORS, Parser, UsageError, resolve_device
+from adanat.errors import first_line
 
 __all__ = ["Parser", "UsageError", "build_parser", "main", "resolve_device"]
 
@@ -36,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except EXPECTED_ERRORS as e:
-        print(f"adanat {args.command}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process fails alike: say it once
+            print(f"adanat {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"adanat {args.command}: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.configs import Flag, add_flags
 from adanat.metrics import FeatureSpace, MetricsError, Reference, ReferenceRequest, inception_feature_space
-from adanat.outputs import OutputError
+from adanat.outputs import OutputError, check_writable
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
 from adanat.rng import Rngs
@@ -250,14 +250,12 @@ def policy_controllers(
 
 
 def check_new_file(path: Path | None, flag: str) -> None:
-    """Refuse to overwrite: a results file must not exist yet, and its folder must be writable."""
+    """Refuse to overwrite: a results file must not exist yet, and its folder must exist and take
+    files."""
     if path is None:
         return
     if path.exists():
         raise UsageError(f"{flag} {path} already exists; choose a new file")
     if not path.parent.is_dir():
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
-    import os
-
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: folder {path.parent} is not writable")
+    check_writable(path.parent, flag)

@@ -61,9 +61,17 @@ def run(args: argparse.Namespace) -> int:
     target.check_reference(args.reference)
     common.check_new_file(args.out, "--out")
     common.check_new_file(args.grid, "--grid")
+    if args.out is not None and args.grid is not None and args.out.resolve() == args.grid.resolve():
+        raise common.UsageError(f"--out and --grid name the same file {args.out}")
     schedule = common.schedule_of(args, target)
     shard, device = init_shard(common.resolve_device(args.device))
     try:
+        for flag, n in (("-n", args.n), ("--reference-n", args.reference_n or args.n)):
+            if len(batch_bounds(n, args.batch_size)) < shard.world_size:
+                raise common.UsageError(
+                    f"{flag} {n} at --batch-size {args.batch_size} gives fewer batches than the "
+                    f"{shard.world_size} processes; lower --batch-size"
+                )
         models, sampler = common.load_sampler(args, device)
         make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
         space = target.metric_space(args.inception).to(device)

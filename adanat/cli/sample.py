@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from adanat.cli import common
-from adanat.outputs import check_output_dir, save_grid, save_images, staged_dir
+from adanat.outputs import check_output_dir, check_writable, save_grid, save_images, staged_dir
 from adanat.progress import StepProgress
 from adanat.rng import row_rngs
 from adanat.schedules import CONTROL_NAMES
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.policy).stem if schedule is not None else Path(args.policy).resolve().parent.name
     out = args.out or Path("samples") / f"{args.preset}-{name}-seed{args.seed}"
     check_output_dir(out)
+    check_writable(out, "--out")
     models, sampler = common.load_sampler(args, device)
     make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
 

@@ -7,11 +7,11 @@ extends a finished one.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from adanat.cli.common import Target, UsageError, model_options, positive_int, resolve_device, seed_int
 from adanat.configs import Flag, add_flags
+from adanat.outputs import check_writable
 from adanat.progress import StepProgress
 from adanat.sampling import NATSampler, ScheduleController
 from adanat.schedules import Schedule
@@ -49,13 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_folder(out: Path) -> None:
     """A search folder is new, empty, or an earlier search's (it holds ``state.json``)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file")
+    check_writable(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / "state.json").is_file():
         raise UsageError(f"--out {out} holds files but no search (state.json); choose a new folder")
-    parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out}: {parent} is not a writable folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,9 +14,7 @@ Bad input ends with one line on stderr and exit code 2 before anything is writte
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +35,8 @@ from adanat.cli.common import (
 )
 from adanat.configs import Flag, FlagSet, add_flags
 from adanat.envs.spec import EnvConfig
+from adanat.errors import first_line
+from adanat.outputs import check_writable
 from adanat.precision import PRECISIONS
 from adanat.presets import world_names, world_preset
 from adanat.rewards.adversarial import DiscriminatorTraining
@@ -71,10 +71,11 @@ def _per_world(name: str) -> str:
 
 
 def std_spec(text: str) -> str:
-    """Checks the form of ``--action-std`` (``P%`` entries are resolved once the run's length is
-    known)."""
+    """Checks the form of ``--action-std``. ``P%`` entries are resolved once the run's length is
+    known; resolved against a one-update run here, where shares land on the first free updates, so
+    only a schedule wrong for every length is refused at parse time."""
     try:
-        parse_std_schedule(text, 1_000_000)
+        parse_std_schedule(text, 1)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -255,33 +256,10 @@ def config_from_args(a: argparse.Namespace) -> PolicyTraining:
 # -- the run folder: checked before anything is written -----------------------------------------
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def check_writable_folder(path: Path, flag: str) -> None:
-    """``path`` is a folder or can become one, and a file can be created there: its nearest
-    existing ancestor is a folder that takes a (probe) file. Leaves nothing behind."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path} is a file, not a folder")
-    base = _existing_ancestor(path)
-    if not base.is_dir():
-        raise UsageError(f"{flag} {path}: {base} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(dir=base, prefix=".adanat-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot write in {base} ({e.strerror or e})") from None
-
-
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run goes into a new or empty folder (or one of a run stopped before its first
     checkpoint), never over another run or unrelated files."""
-    check_writable_folder(run_dir, "--run-dir")
+    check_writable(run_dir, "--run-dir")
     if run_has_checkpoint(run_dir):
         raise UsageError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --run-dir")
     # a run stopped before its first checkpoint leaves only these: it starts again
@@ -297,7 +275,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 def _resume_checkpoint(run_dir: Path) -> Checkpoint:
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder")
-    check_writable_folder(run_dir, "--resume")
+    check_writable(run_dir, "--resume")
     return find_checkpoint(run_dir)
 
 
@@ -316,7 +294,7 @@ def _prepare(a: argparse.Namespace) -> tuple[PolicyTraining, Path, Checkpoint | 
         run_dir = a.run_dir or Path("runs") / f"policy-{a.world}-{a.reward}-seed{a.seed}"
         check_new_run_dir(run_dir)
     if a.log_dir is not None:
-        check_writable_folder(a.log_dir, "--log-dir")
+        check_writable(a.log_dir, "--log-dir")
     return cfg, run_dir, ckpt
 
 
@@ -339,14 +317,23 @@ def run(a: argparse.Namespace) -> int:
                     "note: the checkpoint's environment random streams come from another kind of device; "
                     "they are re-seeded, so the run goes on, though not bit for bit as it would have there"
                 )
+    except NonFiniteError as e:
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        return 1
+    except BAD_INPUT as e:  # refused before any training: nothing of the run was written
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    try:
         result = trainer.train()
     except NonFiniteError as e:
         print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 1
-    except BAD_INPUT as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{prog}: error: {text}", file=sys.stderr)
-        return 2
+    except (OSError, RuntimeError, ValueError) as e:  # failed while training: not bad input
+        print(f"{prog}: failed: {first_line(e)}; the last checkpoint is in {run_dir}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted at once (second Ctrl-C); the last checkpoint stands", file=sys.stderr)
         return 130

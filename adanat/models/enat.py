@@ -394,7 +394,7 @@ class ENAT(nn.Module):
         return GuidedOutput(
             cond_logits=out.logits[:b],  # (B, L, K)
             uncond_logits=out.logits[b:],  # (B, L, K)
-            features=cond_state.feat.float(),  # (B, L, D)
+            raw_features=cond_state.feat,  # (B, L, D)
             state=(cond_state, uncond_state),
         )
 

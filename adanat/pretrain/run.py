@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from adanat.errors import first_line
 from adanat.progress import StepProgress
 
 
@@ -104,11 +105,6 @@ def _logged_span(tb: Path) -> float:
         e.wall_time for f in sorted(tb.glob("events.out.tfevents.*")) for e in EventFileLoader(str(f)).Load()
     ]
     return max(times) - min(times) if times else 0.0
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 class TrainingRun:
@@ -193,7 +189,7 @@ class TrainingRun:
             for name, part in parts.items():
                 _restore(part, state[name])
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            what = f"does not fit this stage (saved with another configuration? {_first_line(e)})"
+            what = f"does not fit this stage (saved with another configuration? {first_line(e, 200)})"
             raise self._unusable(what) from None
         return True
 
