@@ -86,8 +86,11 @@ def finite_float(text: str) -> float:
 
 def learning_rate(text: str) -> float:
     """A finite learning rate in (0, 1]."""
-    value = finite_float(text)
-    if not 0 < value <= 1:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
         raise argparse.ArgumentTypeError(f"expected a finite learning rate in (0, 1], got {text}")
     return value
 
