@@ -25,7 +25,7 @@ from adanat.sampling import Controller, Generation, NATSampler
 from adanat.schedules import CONTROL_NAMES
 
 ControllerFactory = Callable[[Rngs], Controller]
-"""The controller of a batch, given the batch's row generators (a fixed schedule ignores them)."""
+"""The controller of a batch, given the batch's row rngs (a fixed schedule ignores them)."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def uniform(rows: int, shape: Sequence[int], rngs: Rngs, device: torch.device) -
         u = torch.rand((rows, *shape), generator=rngs, device=device)
     else:
         if len(rngs) != rows:
-            raise ValueError(f"{len(rngs)} generators for {rows} rows")
+            raise ValueError(f"{len(rngs)} random generators for {rows} rows")
         u = torch.stack([torch.rand(tuple(shape), generator=g, device=device) for g in rngs])
     return u.clamp_(min=tiny)
 
@@ -63,7 +63,7 @@ def gumbel_packed(
         u = torch.rand((sum(counts), *shape), generator=rngs, device=device)
     else:
         if len(rngs) != len(counts):
-            raise ValueError(f"{len(rngs)} generators for {len(counts)} rows")
+            raise ValueError(f"{len(rngs)} random generators for {len(counts)} rows")
         u = torch.cat(
             [torch.rand((n, *shape), generator=g, device=device) for g, n in zip(rngs, counts, strict=True)]
         )
@@ -76,5 +76,5 @@ def normal(rows: int, shape: Sequence[int], rngs: Rngs, device: torch.device) ->
     if isinstance(rngs, torch.Generator):
         return torch.randn((rows, *shape), generator=rngs, device=device)
     if len(rngs) != rows:
-        raise ValueError(f"{len(rngs)} generators for {rows} rows")
+        raise ValueError(f"{len(rngs)} random generators for {rows} rows")
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device) for g in rngs])

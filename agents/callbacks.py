@@ -25,8 +25,6 @@ from adanat.progress import StepProgress
 from adanat.rewards.base import LearnedReward, Reward
 from adanat.schedules import CONTROL_NAMES
 
-rollouts_done = sb3.rollouts_done  # PPO updates done (kept here for older imports)
-
 
 class NonFiniteError(RuntimeError):
     """A reward, loss or parameter became NaN or infinite."""

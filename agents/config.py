@@ -13,15 +13,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from adanat.agents.extractor import ExtractorConfig
-from adanat.configs import from_dict
 from adanat.envs.spec import EnvConfig
 
 StdSchedule = tuple[tuple[int, float], ...]
 
-__all__ = ["PolicyTraining", "StdSchedule", "check_std_schedule", "parse_std_schedule", "training_from_dict"]
+__all__ = ["PolicyTraining", "StdSchedule", "check_std_schedule", "parse_std_schedule"]
 
 
 @dataclass(frozen=True)
@@ -171,8 +169,3 @@ def parse_std_schedule(text: str, updates: int) -> StdSchedule:
             raise ValueError(msg) from None
     check_std_schedule(tuple(out), text)
     return tuple(out)
-
-
-def training_from_dict(data: dict[str, Any]) -> PolicyTraining:
-    """Rebuild a :class:`PolicyTraining` from its saved JSON form (``checkpoint/state.json``)."""
-    return from_dict(PolicyTraining, data)

@@ -3,7 +3,7 @@
 An export holds the actor only (features extractor + action head) and everything needed to
 use it safely: world, generator and tokenizer identity (sha256), ``T``, the action mapping, the
 base schedule, the observation form and the extractor config. :class:`PolicyController` plugs it
-into :func:`adanat.sampling.generate`.
+into :meth:`adanat.sampling.NATSampler.generate`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
         raise PolicyError(f"{folder / META} must hold a JSON object")
     meta = PolicyMeta.from_dict(data)
     try:
-        actor = Actor(meta.form, meta.extractor)
+        with torch.random.fork_rng(devices=[]):  # building layers must not move the global RNG
+            actor = Actor(meta.form, meta.extractor)
         actor.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
     except Exception as e:  # safetensors errors derive from Exception only
         raise PolicyError(

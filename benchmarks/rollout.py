@@ -27,7 +27,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from stable_baselines3.common.utils import obs_as_tensor
-from torch.utils.flop_counter import FlopCounterMode
 
 from adanat.agents.config import PolicyTraining
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
@@ -37,6 +36,7 @@ from adanat.envs.core import NATCore
 from adanat.envs.observation import ObservationForm
 from adanat.envs.spec import EnvConfig
 from adanat.envs.vec_env import NATVecEnv
+from adanat.flops import count_flops
 from adanat.models.enat import ENAT
 from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import generator_config, model_preset
@@ -56,9 +56,8 @@ class ConstantReward:
 
 
 def flops_of(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+    """Total FLOPs of ``fn()``, attention included (:func:`adanat.flops.count_flops`)."""
+    return count_flops(fn).total
 
 
 def fastest(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

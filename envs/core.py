@@ -81,11 +81,6 @@ class NATCore:
         self._episode: Episode | None = None
 
     @property
-    def step_index(self) -> int:
-        """The step the rows are at (0 before an episode's first step)."""
-        return 0 if self._episode is None else self._episode.step
-
-    @property
     def labels(self) -> Tensor:
         """``(N,)`` class labels of the episodes in flight."""
         assert self._episode is not None, "reset the core first"

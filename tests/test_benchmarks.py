@@ -52,3 +52,16 @@ def test_pretrain_benchmark_quick():
     assert set(rows) == {"float32", "bfloat16"}
     assert all(float(v) > 0 for v in rows["float32"][:2] + rows["bfloat16"][:2])
     assert "bfloat16 speed-up:" in out.stdout
+
+
+@pytest.mark.e2e
+def test_rollout_benchmark_quick():
+    """The rollout benchmark runs the trained policy's construction (make_ppo) on the env core."""
+    script = SCRIPT.parent / "rollout.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    cases = [line.split()[0] for line in out.stdout.splitlines() if line.endswith("x") and "ms" not in line]
+    assert "bare" in cases and "rollout," in cases
+    assert "policy FLOPs (actor + critic, every step)" in out.stdout

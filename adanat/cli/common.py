@@ -227,7 +227,7 @@ def load_sampler(args: argparse.Namespace, device: torch.device) -> tuple[Loaded
 def policy_controllers(
     args: argparse.Namespace, schedule: Schedule | None, target: Target, models: LoadedModels
 ) -> tuple[Callable[[Rngs], Controller], int, dict[str, object]]:
-    """``(controller for a batch's row generators, T, description)`` for a schedule (given,
+    """``(controller for a batch's row rngs, T, description)`` for a schedule (given,
     already loaded) or the policy folder ``args.policy``, which must fit the loaded models."""
     if schedule is not None:
         controller = ScheduleController(schedule)

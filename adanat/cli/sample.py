@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from adanat.cli import common
+from adanat.distributed import batch_bounds
 from adanat.outputs import check_output_dir, check_writable, save_grid, save_images, staged_dir
 from adanat.progress import StepProgress
 from adanat.rng import row_rngs
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
 
     label_t = torch.tensor(labels, dtype=torch.long, device=device)  # (N,)
-    batches = [range(i, min(i + args.batch_size, args.n)) for i in range(0, args.n, args.batch_size)]
+    batches = batch_bounds(args.n, args.batch_size)
     images, traces = [], []
     with staged_dir(out) as stage, StepProgress("sampling", len(batches) * steps, every=steps) as progress:
         for rows in batches:
