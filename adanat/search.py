@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from adanat.outputs import write_text_atomic
+from adanat.precision import check_precision
 from adanat.schedules import Schedule, cosine_schedule
 
 RATIO_MAX = 0.99
@@ -60,6 +61,8 @@ class SearchConfig:
     :param delta_other: probe of a temperature or guidance scale.
     :param momentum: SGD momentum.
     :param name: name of the searched schedule.
+    :param precision: the sampler's precision while searching (FIDs depend on it).
+    :param reuse: the sampler's feature reuse while searching.
     """
 
     steps: int = 8
@@ -72,6 +75,8 @@ class SearchConfig:
     delta_other: float = 0.1
     momentum: float = 0.5
     name: str = "autonat"
+    precision: str = "float32"
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 2 or self.updates < 1 or self.samples < 2 or self.seed < 0:
@@ -81,6 +86,10 @@ class SearchConfig:
             raise SearchError("learning rates and momentum must be finite and >= 0")
         if not all(math.isfinite(v) and v > 0 for v in (self.delta_ratio, self.delta_other)):
             raise SearchError("probes must be finite and > 0")
+        try:
+            check_precision(self.precision)
+        except ValueError as e:
+            raise SearchError(str(e)) from None
 
 
 def parameter_names(steps: int) -> list[str]:
@@ -173,7 +182,7 @@ def start_state(cfg: SearchConfig, folder: Path) -> SearchState:
     """The saved state of ``folder`` (its config must equal ``cfg``), or a fresh one at cosine."""
     state = SearchState.load(folder)
     if state is not None:
-        saved = {k: v for k, v in state.config.items() if k != "updates"}
+        saved = {k: v for k, v in asdict(SearchConfig(**state.config)).items() if k != "updates"}
         wanted = {k: v for k, v in asdict(cfg).items() if k != "updates"}
         if saved != wanted:
             diff = sorted(k for k in wanted if saved.get(k) != wanted[k])

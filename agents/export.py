@@ -56,6 +56,7 @@ class PolicyMeta:
     form: ObservationForm
     extractor: ExtractorConfig
     std: float
+    reuse: bool = True  # the generator's features were reused between steps (ENAT), as observed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class PolicyMeta:
             "observation": {"kind": self.form.kind, "grid": self.form.grid, "width": self.form.width},
             "extractor": self.extractor.to_dict(),
             "exploration_std": self.std,
+            "reuse": self.reuse,
         }
 
     @staticmethod
@@ -90,6 +92,7 @@ class PolicyMeta:
                 form=ObservationForm(str(obs["kind"]), int(obs["grid"]), int(obs["width"]), steps),
                 extractor=ExtractorConfig(**{k: int(v) for k, v in d["extractor"].items()}),
                 std=float(d["exploration_std"]),
+                reuse=bool(d.get("reuse", True)),  # exports before the setting existed: on
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PolicyError(f"malformed policy metadata: {e}") from None

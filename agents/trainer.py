@@ -130,6 +130,7 @@ class PolicyTrainer:
             form=self.core.form,
             extractor=self.cfg.extractor,
             std=std_at(self.cfg.std_schedule, sb3.rollouts_done(self.model)),
+            reuse=self.cfg.env.reuse,
         )
 
     # -- checkpoints -----------------------------------------------------------------

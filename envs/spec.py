@@ -35,6 +35,9 @@ class EnvConfig:
     :param preset: model preset to load instead of the world's own (tests use ``tiny``).
     :param generator: generator weights (ImageNet worlds; ``shapes`` ships its own).
     :param tokenizer: tokenizer weights (ImageNet worlds).
+    :param reuse: the generator reuses each step's features at the next (ENAT's computation
+        reuse); off, every step encodes every visible token. A policy observes features computed
+        this way, so it is recorded with the exported policy.
     :param precision: ``float32`` or ``bfloat16`` autocast of generator and decoder
         (:mod:`adanat.precision`; on a GPU about 3x the images/s of float32 for ENAT-L).
     """
@@ -50,6 +53,7 @@ class EnvConfig:
     tokenizer: Path | None = None
     reward_options: RewardOptions = field(default_factory=RewardOptions)
     precision: str = "float32"
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -77,5 +81,5 @@ def build_core(
     models = models or load_env_models(config, device)
     reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
     mapping = ActionMapping(config.base_schedule(), config.action_scale)
-    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), config.precision)
+    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), config.precision, config.reuse)
     return NATCore(sampler, reward, mapping, config.observation, num_rows, labels)

@@ -136,10 +136,17 @@ def model_options() -> argparse.ArgumentParser:
     return p
 
 
+def sampler_options() -> argparse.ArgumentParser:
+    """The sampler's settings: flags of :class:`~adanat.sampling.NATSampler`'s fields."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_flags(p, NATSampler, [Flag("precision", choices=PRECISIONS), "reuse"])
+    return p
+
+
 def generation_options() -> argparse.ArgumentParser:
     """The schedule or policy, ``T``, the seed and the sampler's settings (flags of
     :class:`~adanat.sampling.NATSampler`'s fields)."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, parents=[sampler_options()])
     p.add_argument(
         "--policy",
         default="enat",
@@ -151,7 +158,6 @@ def generation_options() -> argparse.ArgumentParser:
         "--steps", "-T", type=positive_int, default=None, help="T (default: the world's, or the policy's)"
     )
     p.add_argument("--seed", type=seed_int, default=0, help="image i comes from row stream i of this seed")
-    add_flags(p, NATSampler, [Flag("precision", choices=PRECISIONS), "reuse"])
     return p
 
 
@@ -247,6 +253,9 @@ def policy_controllers(
         raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
     if args.steps not in (None, meta.steps):
         raise UsageError(f"{where} for --steps {meta.steps}, not {args.steps}")
+    if args.reuse != meta.reuse:  # its features would be computed otherwise than it saw them
+        flag = "--reuse" if meta.reuse else "--no-reuse"
+        raise UsageError(f"{where} with feature reuse {'on' if meta.reuse else 'off'}; pass {flag}")
     actor = actor.to(next(models.generator.parameters()).device)
     info = {"policy_meta": meta.to_dict(), "stochastic": args.stochastic}
     return (lambda rngs: PolicyController(actor, meta, args.stochastic, rngs)), meta.steps, info

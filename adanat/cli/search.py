@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adanat.cli.common import Target, UsageError, model_options, positive_int, resolve_device, seed_int
+from adanat.cli.common import (
+    Target,
+    UsageError,
+    model_options,
+    positive_int,
+    resolve_device,
+    sampler_options,
+    seed_int,
+)
 from adanat.configs import Flag, add_flags
 from adanat.outputs import check_writable
 from adanat.progress import StepProgress
@@ -21,7 +29,7 @@ from adanat.search import SearchConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
-        parents=[model_options()],
+        parents=[model_options(), sampler_options()],
         help="AutoNAT schedule search (SGD on FID by finite differences); resumable",
         description=__doc__.split("\n\n", 1)[1],
     )
@@ -65,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
     target.check_reference(args.reference)
     values = args.search_flags.values(args)
     name = values.pop("name", None) or f"autonat-{args.preset}-t{steps}"
-    cfg = SearchConfig(steps=steps, name=name, **values)
+    cfg = SearchConfig(steps=steps, name=name, precision=args.precision, reuse=args.reuse, **values)
     out = args.out or Path("runs") / f"search-{name}"
     _check_folder(out)
     state = search.start_state(cfg, out)  # refuses a folder searched with other settings
     device = resolve_device(args.device)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
-    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval())
+    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), cfg.precision, cfg.reuse)
     space = target.metric_space(args.inception).to(device)
     request = ReferenceRequest(
         cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size

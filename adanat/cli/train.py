@@ -109,6 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
                 choices=PRECISIONS,
                 default_help="float32; with --resume, the run's",
             ),
+            "reuse",
             Flag("preset", help="model preset instead of the world's (e.g. tiny)"),
             Flag("generator", help="generator weights (in256/in512; shapes ships its own)"),
             Flag("tokenizer", help="tokenizer weights (in256/in512)"),
