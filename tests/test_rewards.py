@@ -153,7 +153,8 @@ def test_minibatch_std_makes_lost_variety_visible():
         a, b = disc(x, labels)[:, 0], disc(y, labels)[:, 0]
     assert (a[0] - b[0]).abs() > 1e-6 and torch.equal(a[4:], b[4:])
     # copies of individually real-looking images: caught only with the group feature
-    assert _collapse_accuracy(group=4) > 0.95
+    # measured 1.0 with one thread and 0.9375 with two (float sums differ), 0.67 without the feature
+    assert _collapse_accuracy(group=4) > 0.9
     assert _collapse_accuracy(group=0) < 0.7
 
 
