@@ -1,10 +1,12 @@
 """Behaviour pins: fixed-seed runs of the real commands give bit-identical outputs release after release.
 
 The expected digests in ``tests/data/behaviour.json`` were recorded on ``main`` before the round-2
-restructuring (``python tests/test_behaviour.py --write`` records them again; do that only for a
-change that is meant to alter outputs, and say so in the commit). Each case runs the command as a
+restructuring (commit 527add3: this file run there with ``--write``; ``python
+tests/test_behaviour.py --write`` records them again, which only a change meant to alter outputs
+may do, saying so in its commit). Each case runs the command as a
 user would, on the shipped ``shapes`` world, and digests what it wrote: image pixels, the
-controls used, metrics, the trained policy's tensors and the printed numbers.
+controls used, metrics, a one-update schedule search, the trained policy's tensors, the printed
+numbers, and the images of the exported policy (mean and sampled actions) through ``adanat sample``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SAMPLE = ["-m", "adanat", "sample", "--preset", "shapes", "--policy", "enat", "-
 SAMPLE += ["--seed", "5", "--batch-size", "4", "--device", "cpu"]
 EVAL = ["-m", "adanat", "eval", "--preset", "shapes", "--policy", "autonat-shapes-t8", "-n", "200"]
 EVAL += ["--seed", "0", "--batch-size", "100", "--device", "cpu"]
+SEARCH = ["-m", "adanat", "search", "--preset", "shapes", "--steps", "2", "--updates", "1", "--samples", "40"]
+SEARCH += ["--batch-size", "40", "--seed", "1", "--device", "cpu"]
 TRAIN = [str(ROOT / "scripts" / "train_policy.py"), "--episodes", "128", "--num-envs", "32"]
 TRAIN += ["--episodes-per-update", "64", "--eval-episodes", "32", "--select-fid", "64", "--eval-every", "2"]
 TRAIN += ["--action-std", "0:0.6,50%:0.3", "--seed", "0", "--device", "cpu"]
@@ -51,12 +55,29 @@ def _tensor_digests(path: Path) -> dict[str, str]:
     return {k: _sha(v.contiguous().numpy().tobytes()) for k, v in sorted(load_file(str(path)).items())}
 
 
-def sample_digest(cwd: Path) -> dict[str, Any]:
-    out = cwd / "samples"
-    _run([*SAMPLE, "--out", str(out)], cwd)
+def _samples(out: Path) -> dict[str, Any]:
     meta = json.loads((out / "samples.json").read_text())
     pixels = {p.name: _sha(np.asarray(Image.open(p)).tobytes()) for p in sorted(out.glob("0*.png"))}
     return {"pixels": pixels, "labels": meta["labels"], "controls": meta["controls"]}
+
+
+def sample_digest(cwd: Path) -> dict[str, Any]:
+    _run([*SAMPLE, "--out", str(cwd / "samples")], cwd)
+    return _samples(cwd / "samples")
+
+
+def sample_no_reuse_digest(cwd: Path) -> dict[str, Any]:
+    _run([*SAMPLE, "--no-reuse", "--out", str(cwd / "samples")], cwd)
+    return _samples(cwd / "samples")
+
+
+def search_digest(cwd: Path) -> dict[str, Any]:
+    out = cwd / "search"
+    _run([*SEARCH, "--out", str(out)], cwd)
+    schedule = json.loads((out / "schedule.json").read_text())
+    log = json.loads((out / "log.json").read_text())
+    keep = ("mask_ratio", "remask_temp", "sampling_temp", "guidance", "search")
+    return {"schedule": {k: schedule[k] for k in keep}, "fids": [e["fid"] for e in log["updates"]]}
 
 
 def eval_digest(cwd: Path) -> dict[str, Any]:
@@ -78,10 +99,27 @@ def train_digest(cwd: Path) -> dict[str, Any]:
         "best_policy": _tensor_digests(run / "best" / "policy.safetensors"),
         "checkpoint": _tensor_digests(run / "checkpoint" / "policy.safetensors"),
         "best": {k: best[k] for k in ("fid", "base_fid", "updates", "episodes")},
+        "policy_samples": _policy_samples(run / "policy", cwd),
     }
 
 
-CASES = {"sample": sample_digest, "eval": eval_digest, "train": train_digest}
+def _policy_samples(policy: Path, cwd: Path) -> dict[str, Any]:
+    """The exported policy drives ``adanat sample``, its mean action and sampled actions."""
+    out = {}
+    for name, extra in (("mean", []), ("stochastic", ["--stochastic"])):
+        args = ["-m", "adanat", "sample", "--preset", "shapes", "--policy", str(policy), "--n", "4"]
+        _run([*args, "--seed", "2", "--device", "cpu", *extra, "--out", str(cwd / name)], cwd)
+        out[name] = _samples(cwd / name)
+    return out
+
+
+CASES = {
+    "sample": sample_digest,
+    "sample_no_reuse": sample_no_reuse_digest,
+    "eval": eval_digest,
+    "search": search_digest,
+    "train": train_digest,
+}
 
 
 @pytest.mark.e2e
