@@ -182,6 +182,12 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ("run-dir-unwritable", ["--run-dir", "{locked}/run"], "cannot write in {locked}", None),
     ("run-dir-holds-a-run", ["--run-dir", "{run}"], "already holds a run; pass --resume {run}", None),
     ("resume-no-checkpoint", ["--resume", "{d}/busy"], "holds no checkpoint to resume", None),
+    (
+        "resume-changes-a-setting",
+        ["--resume", "{run}", "--steps", "4"],
+        "--resume continues with the run's saved settings; --steps cannot change with it",
+        None,
+    ),
     ("resume-missing-folder", ["--resume", "{d}/nowhere"], "--resume {d}/nowhere: no such run folder", None),
     ("resume-state-key", ["--resume", "{run}"], "state.json is missing key(s) rollouts", _drop_state_key),
     (
@@ -246,7 +252,8 @@ def _setup(
     names = {"d": str(inputs), "run": str(run)}
     if any("{locked}" in a for a in args):
         names["locked"] = str(_unwritable(tmp_path))
-    return [*tiny_model_args(inputs), *(a.format(**names) for a in args)], message.format(**names), cwd
+    model = [] if "--resume" in args else tiny_model_args(inputs)  # a resumed run has its own
+    return [*model, *(a.format(**names) for a in args)], message.format(**names), cwd
 
 
 def _check(code: int, stderr: str, message: str) -> None:

@@ -280,8 +280,28 @@ def _resume_checkpoint(run_dir: Path) -> Checkpoint:
     return find_checkpoint(run_dir)
 
 
+RESUME_SETTINGS = ("episodes", "precision", "device", "log_dir")  # what --resume may change
+
+
+def _changed_on_resume(a: argparse.Namespace) -> list[str]:
+    """The options given beside ``--resume`` that a resumed run would ignore (its saved settings
+    stand): those that differ from their defaults, other than :data:`RESUME_SETTINGS`."""
+    p = Parser()
+    add_arguments(p)
+    defaults = vars(p.parse_args([]))
+    keep = {"resume", "train_flags", *RESUME_SETTINGS}
+    return sorted(k for k, v in vars(a).items() if k in defaults and k not in keep and v != defaults[k])
+
+
 def _prepare(a: argparse.Namespace) -> tuple[PolicyTraining, Path, Checkpoint | None]:
     if a.resume is not None:
+        changed = _changed_on_resume(a)
+        if changed:
+            allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUME_SETTINGS)
+            raise UsageError(
+                f"--resume continues with the run's saved settings; --{changed[0].replace('_', '-')} "
+                f"cannot change with it (only {allowed} can)"
+            )
         ckpt = _resume_checkpoint(a.resume)
         cfg = ckpt.config
         if a.episodes is not None:  # a resumed run may be extended
