@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import random_enat, tiny_model_args
 from safetensors.torch import save_file
 
@@ -58,8 +59,14 @@ def files(tmp_path_factory) -> Path:
     (d / "corrupt").mkdir()
     (d / "corrupt" / "state.json").write_text('{"config": {"steps": 4}, "theta": [1')
     (d / "notapolicy").mkdir()
+    from adanat.search import SearchConfig, start_state
+
+    (d / "earlier").mkdir()  # a search of another setting (20 samples per FID) stopped at its start
+    start_state(SearchConfig(steps=2, samples=20), d / "earlier").save(d / "earlier")
     return d
 
+
+TINY = ["--preset", "tiny", "--generator", "{d}/gen.safetensors", "--tokenizer", "{d}/tok.safetensors"]
 
 SAMPLE = [
     (["--n", "0"], "expected an integer >= 1, got 0"),
@@ -76,7 +83,8 @@ SAMPLE = [
     (["--policy", "{d}/notapolicy"], "policy"),
     (["--classes", "3,99"], "class 99 is outside"),
     (["--out", "{d}/afile"], "already exists and is not an empty folder"),
-    (["--out", "{d}/afile/under"], "cannot create"),
+    (["--out", "{d}/afile/under"], "is a file, not a folder"),
+    (["--out", "/sys/adanat-out"], "cannot write in /sys"),
     (["--generator", "{d}/garbage.pth"], "cannot read checkpoint"),
 ]
 
@@ -89,6 +97,12 @@ EVAL = [
     (["--reference", "{d}/notnpz.npz"], "not a readable .npz"),
     (["--out", "{d}/exists.json"], "already exists; choose a new file"),
     (["--out", "{d}/nofolder/r.json"], "does not exist"),
+    (["--out", "{d}/same.json", "--grid", "{d}/same.json"], "--out and --grid name the same file"),
+    (["--out", "/sys/r.json"], "cannot write in /sys"),
+    (
+        [*TINY, "--inception", "{d}/garbage.pth", "--reference", "{d}/narrow.npz"],
+        "cannot read checkpoint",
+    ),
     (["--preset", "in256", "--generator", "{d}/gen.safetensors"], "--reference fid_stats.npz"),
     (["--preset", "tiny"], "--reference fid_stats.npz"),
     (["--seed", "-3"], "seeds are integers >= 0"),
@@ -107,6 +121,8 @@ SEARCH = [
     (["--out", "{d}/afile"], "is a file"),
     (["--out", "{d}/busy"], "holds files but no search"),
     (["--out", "{d}/corrupt"], "is not a search state"),
+    (["--out", "{d}/earlier", "--samples", "30"], "holds a search with other settings"),
+    (["--out", "/sys/adanat-search"], "cannot write in /sys"),
     (["--device", "meta"], "device 'meta' is not supported"),
     (["--preset", "in256", "--generator", "{d}/gen.safetensors"], "--reference fid_stats.npz"),
     (["--reference", "{d}/narrow.npz", "--out", "{d}/new-search"], "have 7 features"),
@@ -123,6 +139,8 @@ CASES = [("sample", *c) for c in SAMPLE] + [("eval", *c) for c in EVAL] + [("sea
 def test_bad_input_is_one_line_and_exit_2(files, tmp_path, command, extra, match):
     import re
 
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
     extra = [e.format(d=files) for e in extra]
     preset = tiny_model_args(files) if command == "sample" else ["--preset", "shapes"]
     args = [command, *preset, "--device", "cpu", "--steps", "2", *extra]
