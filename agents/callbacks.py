@@ -21,13 +21,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from adanat.agents import sb3
 from adanat.envs.vec_env import NATVecEnv
+from adanat.errors import NonFiniteError
 from adanat.progress import StepProgress
 from adanat.rewards.base import LearnedReward, Reward
 from adanat.schedules import CONTROL_NAMES
-
-
-class NonFiniteError(RuntimeError):
-    """A reward, loss or parameter became NaN or infinite."""
 
 
 def std_at(schedule: Sequence[tuple[int, float]], update: int) -> float:

@@ -47,9 +47,14 @@ def test_sb3_internals_live_in_one_module():
 
 
 def test_worlds_are_asked_not_branched_on():
-    """Code outside the world definitions asks the world for its services instead of testing its
-    name (``world == "shapes"``)."""
+    """Code outside the world definitions asks the world for its services instead of comparing a
+    name with a world's (``world == "shapes"``, ``name != "in256"``, ``in ("in256", "in512")``)."""
+    from adanat.presets import world_names
+
+    names = "|".join(world_names())
+    literal = rf"""["']({names})["']"""
+    branch = re.compile(rf"(==|!=)\s*{literal}|{literal}\s*(==|!=)|\bin\s*[(\[{{]\s*{literal}")
     allowed = {"adanat/presets.py", "adanat/worlds/shapes.py", "adanat/pretrain/shapes.py"}
-    branch = re.compile(r"""world(\.name)?\s*==\s*["']shapes["']|["']shapes["']\s*==\s*\w*world""")
     users = {str(p.relative_to(ROOT)) for p, text in _sources().items() if branch.search(text)}
     assert users - allowed == set()
+    assert branch.search('if world == "shapes":') and branch.search("if w in ('in256', 'in512'):")

@@ -142,3 +142,30 @@ def test_prune_stage_needs_the_tokenizer(tmp_path):
     assert res.returncode == 2
     assert "needs the metric and tokenizer stages first" in res.stderr
     assert res.stderr.count("\n") == 1
+
+
+@pytest.mark.e2e
+def test_without_out_the_weights_go_to_the_run_folder_never_to_the_package(tmp_path):
+    """The default output is RUN_DIR/out; the shipped assets are not touched."""
+    import hashlib
+
+    from adanat.assets import asset_dir
+
+    def digest() -> dict[str, str]:
+        folder = asset_dir("shapes")
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    shipped = digest()
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--stage", "metric", "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((run / "out" / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"metric"}
+    assert verified_file(run / "out", "metric").is_file()
+    assert digest() == shipped

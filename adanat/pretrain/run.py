@@ -23,16 +23,12 @@ import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from adanat.errors import first_line
+from adanat.errors import NonFiniteError, first_line
 from adanat.progress import StepProgress
 
 
 class RunFolderError(ValueError):
     """A run folder or checkpoint that cannot be used (corrupt, of another configuration)."""
-
-
-class NonFiniteError(RuntimeError):
-    """A training loss or state that became NaN or infinite."""
 
 
 def warmup_cosine(step: int, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
