@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from adanat.errors import first_line
 from adanat.models.enat import ENAT, ENATConfig
+from adanat.models.uvit import UViTConfig, UViTNAT
 from adanat.models.vqgan import MaskGITVQGAN, VQGANConfig
 
 
@@ -97,9 +98,17 @@ def _build_and_load(
 
 
 def load_generator(
-    source: str | Path | dict[str, Tensor], config: ENATConfig, device: torch.device | str = "cpu"
-) -> ENAT:
-    """An ENAT built on the meta device and filled from ``source`` (path or state dict)."""
+    source: str | Path | dict[str, Tensor],
+    config: ENATConfig | UViTConfig,
+    device: torch.device | str = "cpu",
+) -> ENAT | UViTNAT:
+    """The generator of ``config`` (ENAT or U-ViT NAT) built on the meta device and filled from
+    ``source`` (path or state dict). A U-ViT file's ``*.position_ids`` buffers (the CC3M release
+    holds some) are dropped, as the official loader does."""
+    if isinstance(config, UViTConfig):
+        sd = read_state_dict(source) if isinstance(source, (str, Path)) else source
+        sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+        return _build_and_load(UViTNAT, config, sd, device, "generator")
     return _build_and_load(ENAT, config, source, device, "generator")
 
 

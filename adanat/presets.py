@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adanat.models.enat import ENATConfig
+from adanat.models.uvit import UViTConfig
 from adanat.models.vqgan import VQGANConfig
 
 if TYPE_CHECKING:
@@ -27,20 +28,22 @@ class ModelPreset:
     """A generator and its tokenizer.
 
     :param name: preset name.
-    :param generator: ENAT architecture.
+    :param generator: generator architecture (ENAT or U-ViT NAT).
     :param tokenizer: VQGAN architecture.
     :param image_size: side of the generated images in pixels.
     :param enat_variant: which published ENAT sampler setting fits (``in256`` or ``in512``).
     """
 
     name: str
-    generator: ENATConfig
+    generator: GeneratorConfig
     tokenizer: VQGANConfig
     image_size: int
     enat_variant: str
 
     @property
     def num_classes(self) -> int:
+        if self.generator.num_classes is None:
+            raise ValueError(f"preset {self.name} is text-conditional: it takes prompts, not classes")
         return self.generator.num_classes
 
 
@@ -57,9 +60,17 @@ def _lookup(kind: str, name: str) -> dict[str, Any]:
     return table[name]
 
 
-def generator_config(name: str) -> ENATConfig:
-    """ENAT architecture of a generator preset such as ``enat-l-in256``."""
-    return ENATConfig(**_lookup("generators", name))
+GeneratorConfig = ENATConfig | UViTConfig
+"""A generator architecture: ENAT, or the U-ViT NAT of AutoNAT/AdaNAT (``"family": "uvit"``)."""
+
+
+def generator_config(name: str) -> GeneratorConfig:
+    """Architecture of a generator preset such as ``enat-l-in256`` or ``autonat-l-in256``."""
+    entry = dict(_lookup("generators", name))
+    family = entry.pop("family", "enat")
+    if family not in ("enat", "uvit"):
+        raise KeyError(f"generator preset {name!r} has unknown family {family!r}")
+    return UViTConfig(**entry) if family == "uvit" else ENATConfig(**entry)
 
 
 def tokenizer_config(name: str) -> VQGANConfig:

@@ -24,7 +24,7 @@ def _config(official: dict) -> UViTConfig:
         depth=official["depth"],
         heads=official["num_heads"],
         codebook_size=official["codebook_size"],
-        num_classes=official.get("num_classes"),
+        num_classes=official["num_classes"] - 1 if official.get("num_classes") else None,  # null row
         clip_dim=official.get("clip_dim"),
         clip_tokens=official.get("num_clip_token"),
     )
@@ -90,3 +90,67 @@ def test_the_sampler_generates_with_either_condition():
     t2i.set_null_context(torch.zeros(7, 40))
     out = NATSampler(t2i).generate(t["context"], ctrl, 4, row_rngs(0, 3))
     assert out.ids.shape == (3, 16) and int(out.ids.max()) < 24
+
+
+def test_load_generator_drops_position_id_buffers_and_checks_keys(tmp_path):
+    """The CC3M release may hold ``*.position_ids`` buffers, which the loader drops; a file of
+    another architecture is refused with the keys named."""
+    from safetensors.torch import save_file
+
+    from adanat.checkpoints import CheckpointError, load_generator
+
+    model, _ = _fixture("uvit_t2i_parity.safetensors")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file({**state, "token_emb.position_ids": torch.arange(16)[None]}, str(tmp_path / "g.safetensors"))
+    loaded = load_generator(tmp_path / "g.safetensors", model.config)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    cls, _ = _fixture("uvit_cls_parity.safetensors")
+    with pytest.raises(CheckpointError, match="generator keys do not match the preset"):
+        load_generator(tmp_path / "g.safetensors", cls.config)
+
+
+@pytest.fixture(scope="module")
+def uvit_weights(tmp_path_factory):
+    """Random weights of the ``uvit-tiny`` preset (U-ViT NAT + the tiny VQGAN)."""
+    from safetensors.torch import save_file
+
+    from adanat.models.vqgan import MaskGITVQGAN
+    from adanat.presets import model_preset
+
+    folder = tmp_path_factory.mktemp("uvit")
+    preset = model_preset("uvit-tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_file(UViTNAT(preset.generator).state_dict(), str(folder / "gen.safetensors"))
+        save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
+    return folder
+
+
+def test_sample_and_train_with_the_uvit_preset(uvit_weights, tmp_path, capsys):
+    """A U-ViT preset is usable where a model preset is: ``adanat sample`` and policy training."""
+    from helpers import tiny_model_args
+
+    from adanat.agents.config import PolicyTraining
+    from adanat.agents.trainer import PolicyTrainer
+    from adanat.cli import main
+    from adanat.envs.spec import EnvConfig
+
+    args = [*tiny_model_args(uvit_weights), "--n", "3", "--steps", "8", "--policy", "autonat-l-t8"]
+    args[1] = "uvit-tiny"
+    assert main(["sample", *args, "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
+    meta = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert meta["labels"] == [0, 1, 2] and len(meta["controls"]["guidance"][0]) == 8
+    env = EnvConfig(
+        world="shapes",
+        preset="uvit-tiny",
+        generator=uvit_weights / "gen.safetensors",
+        tokenizer=uvit_weights / "tok.safetensors",
+        steps=2,
+    )
+    cfg = PolicyTraining(
+        env=env, episodes=4, num_envs=4, episodes_per_update=4, eval_episodes=4, save_every=1
+    )
+    result = PolicyTrainer(cfg, tmp_path / "run").train()
+    assert set(result) >= {"policy", "base"} and (tmp_path / "run" / "policy" / "policy.json").is_file()
+    policy = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
+    assert policy["preset"] == "uvit-tiny" and policy["observation"]["width"] == 64

@@ -38,7 +38,8 @@ class UViTConfig:
     :param depth: in-blocks plus out-blocks (``depth // 2`` each), besides the mid block.
     :param heads: attention heads.
     :param codebook_size: ``K`` token ids; the mask id is ``K``.
-    :param num_classes: rows of the class table, the last one the null class (AutoNAT-L: 1001);
+    :param num_classes: ``C`` classes of a class-conditional model; its table has ``C + 1`` rows,
+        the last one the null class (the official config counts that row: AutoNAT-L's says 1001);
         None for a text-conditional model.
     :param clip_dim: width of the text hidden states (text-conditional models).
     :param clip_tokens: text tokens per prompt (text-conditional models; 77 for CLIP).
@@ -138,7 +139,7 @@ class UViTNAT(nn.Module):
         d = config.width
         self.token_emb = TokenEmbedding(config.codebook_size + 1, d, config.seq_len, config.dropout)
         if config.num_classes is not None:
-            self.context_embed: nn.Module = TokenEmbedding(config.num_classes, d, 1, config.dropout)
+            self.context_embed: nn.Module = TokenEmbedding(config.num_classes + 1, d, 1, config.dropout)
         else:
             assert config.clip_dim is not None
             self.context_embed = nn.Linear(config.clip_dim, d)
@@ -165,7 +166,7 @@ class UViTNAT(nn.Module):
         """Predict every image token.
 
         :param ids: ``(B, L)`` token ids, ``mask_id`` where masked.
-        :param context: ``(B,)`` class ids (the last table row is the null class) or
+        :param context: ``(B,)`` class ids (``num_classes`` is the null class) or
             ``(B, tokens, clip_dim)`` text hidden states.
         """
         x = self.token_emb(ids)  # (B, L, D)
@@ -206,8 +207,8 @@ class UViTNAT(nn.Module):
 
     @property
     def num_classes(self) -> int | None:
-        """Real classes (the table's last row is the null class); None for text conditions."""
-        return None if self.config.num_classes is None else self.config.num_classes - 1
+        """``C`` (label ``C`` is the null class); None for text conditions."""
+        return self.config.num_classes
 
     @property
     def reuses_state(self) -> bool:
@@ -216,7 +217,7 @@ class UViTNAT(nn.Module):
     def null_condition(self, cond: Tensor) -> Tensor:
         """The null class for class ids ``(B,)``; the empty prompt's states for text ``(B, T, W)``."""
         if self.config.num_classes is not None:
-            return torch.full_like(cond, self.config.num_classes - 1)  # (B,)
+            return torch.full_like(cond, self.config.num_classes)  # (B,)
         if self.null_context is None:
             raise RuntimeError("a text-conditional U-ViT NAT needs set_null_context() before guidance")
         return self.null_context.to(cond).expand_as(cond)  # (B, T, W)
