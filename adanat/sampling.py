@@ -42,21 +42,23 @@ from adanat.schedules import CONTROL_NAMES, Schedule
 
 @dataclass(frozen=True)
 class Controls:
-    """The four per-sample controls of one step, each ``(B,)``."""
+    """The four per-sample controls of one step, each ``(B,)``, and the token-selection rule of
+    the schedule or policy that chose them (:data:`adanat.schedules.SELECTION_RULES`)."""
 
     mask_ratio: Tensor  # (B,)
     sampling_temp: Tensor  # (B,)
     remask_temp: Tensor  # (B,)
     guidance: Tensor  # (B,)
+    rule: str = "enat"
 
     def stack(self) -> Tensor:
         """``(B, 4)`` in ``CONTROL_NAMES`` order."""
         return torch.stack([getattr(self, f) for f in CONTROL_NAMES], dim=1)
 
     @staticmethod
-    def from_tensor(values: Tensor) -> Controls:
+    def from_tensor(values: Tensor, rule: str = "enat") -> Controls:
         """From ``(B, 4)`` values in ``CONTROL_NAMES`` order."""
-        return Controls(*values.unbind(dim=1))
+        return Controls(*values.unbind(dim=1), rule=rule)
 
 
 def select_tokens(
@@ -71,6 +73,8 @@ def select_tokens(
 
     Works on the masked positions only. Draws, in order, Gumbel noise ``(masked, K)`` for
     sampling and ``(L,)`` for re-masking, per row (or for the batch with one generator) from ``rngs``.
+    How many tokens stay masked, and which, follows ``controls.rule``
+    (:data:`adanat.schedules.SELECTION_RULES`).
     """
     b, length = ids.shape
     is_mask = ids == mask_id  # (B, L)
@@ -91,12 +95,34 @@ def select_tokens(
     confidence = confidence + controls.remask_temp.float()[:, None] * remask_noise  # (B, L)
 
     n_mask = torch.floor(length * controls.mask_ratio.double()).long()  # (B,)
+    if controls.rule != "enat":
+        return torch.where(
+            _release_mask(confidence, n_mask, masked_before, controls.rule), mask_id, sampled
+        ), sampled
     n_mask = torch.minimum(n_mask, masked_before - 1).clamp_min(0)  # (B,)
     order = confidence.argsort(dim=1, stable=True)  # (B, L) least confident first
     positions = torch.arange(length, device=ids.device).expand(b, -1)  # (B, L)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # (B, L)
     new_mask = rank < n_mask[:, None]  # (B, L)
     return torch.where(new_mask, mask_id, sampled), sampled
+
+
+def _release_mask(confidence: Tensor, n_mask: Tensor, masked_before: Tensor, rule: str) -> Tensor:
+    """``(B, L)`` True where a token stays masked under the AutoNAT or AdaNAT release's rule.
+
+    AutoNAT keeps ``max(1, min(masked - 1, floor(L r)))`` masked and re-masks every token whose
+    confidence is <= that count's cut-off; AdaNAT keeps ``min(floor(L r), L - 1)`` and re-masks the
+    tokens strictly below the cut-off one place further (ties re-mask more, or fewer).
+    """
+    length = confidence.shape[1]
+    ordered = confidence.sort(dim=1).values  # (B, L)
+    if rule == "autonat":
+        n = torch.maximum(torch.minimum(n_mask, masked_before - 1), torch.ones_like(n_mask))  # (B,)
+        return confidence <= ordered.gather(1, (n - 1)[:, None])  # (B, L)
+    if rule == "adanat":
+        n = n_mask.clamp_max(length - 1)  # (B,)
+        return confidence < ordered.gather(1, n[:, None])  # (B, L)
+    raise ValueError(f"unknown token-selection rule {rule!r}")
 
 
 def final_step_controls(controls: Controls, step: int, steps: int) -> Controls:
@@ -139,7 +165,9 @@ class ScheduleController:
         device = state.ids.device
         if self._table is None or self._table.device != device:
             self._table = self.schedule.tensor(device)  # (T, 4)
-        return Controls.from_tensor(self._table[state.step].expand(state.ids.shape[0], -1))
+        return Controls.from_tensor(
+            self._table[state.step].expand(state.ids.shape[0], -1), self.schedule.rule
+        )
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,18 @@ from typing import Any
 import torch
 
 CONTROL_NAMES: tuple[str, ...] = ("mask_ratio", "sampling_temp", "remask_temp", "guidance")
+SELECTION_RULES: tuple[str, ...] = ("enat", "autonat", "adanat")
+"""How a step's mask ratio becomes the tokens kept masked (part of a schedule's meaning):
+``enat`` (ours, ENAT's sampler): the ``floor(L r)`` least confident, at most (masked - 1), ties by
+position; ``autonat`` (AutoNAT's release): ``max(1, min(masked - 1, floor(L r)))``, every token at
+or below that cut-off; ``adanat`` (AdaNAT's release): ``min(floor(L r), L - 1)``, every token
+strictly below the next one's confidence."""
 MAX_TEMPERATURE = 1e3  # above this a temperature is no schedule but a typo (1e38 was once accepted)
 MAX_GUIDANCE = 100.0  # published schedules use at most about 10
 _KEYS = {
-    "fixed": {"name", "kind", "steps", "source", "search", *CONTROL_NAMES},
-    "cosine": {"name", "kind", "source", "remask_temp", "sampling_temp", "guidance"},
-    "enat": {"name", "kind", "source", "variants"},
+    "fixed": {"name", "kind", "steps", "source", "search", "rule", *CONTROL_NAMES},
+    "cosine": {"name", "kind", "source", "rule", "remask_temp", "sampling_temp", "guidance"},
+    "enat": {"name", "kind", "source", "rule", "variants"},
 }
 
 
@@ -36,15 +42,21 @@ class ScheduleError(ValueError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-step controls for ``T`` steps, each a tuple of ``T`` floats."""
+    """Per-step controls for ``T`` steps, each a tuple of ``T`` floats, and the token-selection
+    rule they were made for (:data:`SELECTION_RULES`)."""
 
     name: str
     mask_ratio: tuple[float, ...]
     sampling_temp: tuple[float, ...]
     remask_temp: tuple[float, ...]
     guidance: tuple[float, ...]
+    rule: str = "enat"
 
     def __post_init__(self) -> None:
+        if self.rule not in SELECTION_RULES:
+            raise ScheduleError(
+                f"schedule {self.name!r}: unknown rule {self.rule!r} ({', '.join(SELECTION_RULES)})"
+            )
         steps = len(self.sampling_temp)
         if steps < 1:
             raise ScheduleError(f"schedule {self.name!r} has no steps")
@@ -86,6 +98,7 @@ class Schedule:
             "remask_temp": list(self.remask_temp[:-1]),
             "sampling_temp": list(self.sampling_temp),
             "guidance": list(self.guidance),
+            "rule": self.rule,
         }
 
     def save(self, path: str | Path) -> None:
@@ -153,7 +166,7 @@ def schedule_from_dict(data: dict[str, Any], steps: int | None = None, variant: 
         for f in ("mask_ratio", "remask_temp"):
             if len(values[f]) == t - 1:
                 values[f].append(0.0)
-        return Schedule(name=name, **{f: tuple(v) for f, v in values.items()})
+        return Schedule(name=name, **{f: tuple(v) for f, v in values.items()}, rule=_rule(data, name))
     if steps is None or steps < 1:
         raise ScheduleError(f"schedule {name!r} needs a number of steps >= 1")
     params = {k: _number(data[k], k, name) for k in ("remask_temp", "sampling_temp", "guidance") if k in data}
@@ -164,8 +177,17 @@ def schedule_from_dict(data: dict[str, Any], steps: int | None = None, variant: 
         setting = variants[variant]
         if not isinstance(setting, dict) or set(setting) - {"remask_temp", "sampling_temp", "guidance"}:
             raise ScheduleError(f"schedule {name!r}: variant {variant!r} is malformed")
-        return enat_schedule(steps, **{k: _number(v, k, name) for k, v in setting.items()})
-    return cosine_schedule(steps, **params)
+        schedule = enat_schedule(steps, **{k: _number(v, k, name) for k, v in setting.items()})
+    else:
+        schedule = cosine_schedule(steps, **params)
+    return replace(schedule, rule=_rule(data, name))
+
+
+def _rule(data: dict[str, Any], name: str) -> str:
+    rule = data.get("rule", "enat")
+    if rule not in SELECTION_RULES:
+        raise ScheduleError(f"schedule {name!r}: unknown rule {rule!r} ({', '.join(SELECTION_RULES)})")
+    return str(rule)
 
 
 def _number(value: Any, field: str, name: str) -> float:

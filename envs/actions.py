@@ -73,7 +73,7 @@ class ActionMapping:
                 out.append(value.clamp(0, 1 - _EPS))
             else:
                 out.append(torch.maximum(value, b.clamp_max(0)))
-        return Controls(*(v.float() for v in out))
+        return Controls(*(v.float() for v in out), rule=self.base.rule)  # the base schedule's rule
 
     def to_dict(self) -> dict[str, object]:
         return {

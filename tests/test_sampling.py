@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -65,10 +66,15 @@ def test_per_sample_schedules_equal_rows_alone(tiny_enat):
 
 def test_revealed_counts_follow_the_schedule(tiny_enat):
     s = load_schedule("autonat-l-t8", steps=8)
+    assert s.rule == "autonat"  # the release's rule: at least one token stays masked per step
     out = NATSampler(tiny_enat).generate(torch.arange(3), ScheduleController(s), 8, row_rngs(0, 3))
     L = tiny_enat.config.seq_len
     expected = [L] + [math.floor(L * m) for m in s.mask_ratio]
-    assert out.num_masked.tolist() == [expected] * 3
+    assert out.num_masked.tolist() == [[*expected[:-1], 1]] * 3  # ... the image is the last sample
+    ours = NATSampler(tiny_enat).generate(
+        torch.arange(3), ScheduleController(replace(s, rule="enat")), 8, row_rngs(0, 3)
+    )
+    assert ours.num_masked.tolist() == [expected] * 3
     assert out.trace.shape == (3, 8, 4)
     assert torch.allclose(out.trace[0], s.tensor())
     assert int((out.ids == tiny_enat.config.mask_id).sum()) == 0
@@ -224,3 +230,65 @@ def test_a_text_conditioned_generator_without_reuse_plugs_into_the_sampler():
         assert torch.equal(alone.ids[0], batch.ids[r])
     other = NATSampler(stub).generate(prompts.flip(0), ctrl, 4, row_rngs(2, 3))
     assert not torch.equal(other.ids[0], batch.ids[0])  # the condition matters
+
+
+def _release_reference(ids, cond, uncond, c, rngs, mask_id, rule):
+    """The releases' step written from the spec, row by row (AutoNAT: nat_misc.generate; AdaNAT:
+    its generation environment's step), on the same Gumbel draws as select_tokens."""
+    from adanat.rng import gumbel, gumbel_packed
+
+    b, length = ids.shape
+    is_mask = ids == mask_id
+    counts = is_mask.sum(1)
+    noise = gumbel_packed(counts.tolist(), (cond.shape[-1],), rngs, ids.device)
+    remask = gumbel(b, (length,), rngs, ids.device)
+    out, start = [], 0
+    for r in range(b):
+        w, temp = float(c.guidance[r]), max(float(c.sampling_temp[r]), 1e-6)
+        logp = torch.log_softmax(cond[r] + w * (cond[r] - uncond[r]), -1)  # (L, K)
+        sampled, conf = ids[r].clone(), torch.full((length,), float("inf"))
+        for j in is_mask[r].nonzero()[:, 0].tolist():
+            tok = int((logp[j] / temp + noise[start]).argmax())
+            sampled[j], conf[j] = tok, logp[j, tok]
+            start += 1
+        conf = conf + float(c.remask_temp[r]) * remask[r]
+        n = math.floor(length * float(c.mask_ratio[r]))
+        ordered = sorted(conf.tolist())
+        if rule == "autonat":
+            n = max(1, min(int(counts[r]) - 1, n))
+            keep = conf <= ordered[n - 1]
+        else:
+            n = min(n, length - 1)
+            keep = conf < ordered[n]
+        out.append(torch.where(keep, mask_id, sampled))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("rule", ["autonat", "adanat"])
+def test_release_rules_equal_a_reference_written_from_the_spec(rule):
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.full((4, 16), 8)
+    ids[0, :5], ids[1, :12], ids[3, :15] = 1, 2, 3  # 11 / 4 / 16 / 1 masked
+    cond, uncond = torch.randn(4, 16, 8, generator=gen), torch.randn(4, 16, 8, generator=gen)
+    ratios = torch.tensor([0.5, 0.4, 0.05, 0.0])  # row 1 asks for more than it has; row 3 for none
+    c = Controls(ratios, torch.tensor([1.0, 0.5, 2.0, 1.0]), torch.tensor([1.0, 0.0, 3.0, 1.0]),
+                 torch.tensor([0.0, 1.5, 2.0, 0.5]), rule=rule)  # fmt: skip
+    got, _ = select_tokens(ids, cond, uncond, c, row_rngs(4, 4), mask_id=8)
+    want = _release_reference(ids, cond, uncond, c, row_rngs(4, 4), 8, rule)
+    assert torch.equal(got, want)
+    counts = (got == 8).sum(1).tolist()
+    if rule == "autonat":  # max(1, min(masked - 1, floor(L r))): 8, 3 (clamped), 1, 1 (never 0)
+        assert counts == [8, 3, 1, 1]
+    else:  # min(floor(L r), L - 1), no clamp to the masked count: row 1 keeps its 4 masked
+        assert counts == [8, 4, 0, 0]
+
+
+def test_a_schedule_carries_its_rule_to_the_sampler_and_the_action_mapping():
+    from adanat.envs.actions import ActionMapping
+
+    s = replace(load_schedule("cosine", steps=4), rule="adanat")
+    assert Schedule(**{**s.__dict__}).rule == "adanat" and s.to_dict()["rule"] == "adanat"
+    state = GenerationState(0, 4, torch.full((2, 16), 8), torch.tensor([0, 1]), torch.zeros(2, 16, 4))
+    assert ScheduleController(s)(state).rule == "adanat"
+    assert ActionMapping(s, 1.0).controls(torch.zeros(2, 4), 0).rule == "adanat"
+    assert load_schedule("enat", steps=4).rule == "enat" and load_schedule("autonat-shapes-t8").rule == "enat"
