@@ -1,7 +1,8 @@
 """Reading model weights safely and loading them strictly into our modules.
 
 Files are read as safetensors, or with ``torch.load(weights_only=True)`` (never full pickle).
-A dict wrapped under ``state_dict`` (the VQGAN release) is unwrapped. Every failure is a
+A dict wrapped under ``state_dict`` (the VQGAN release) or ``model`` (AdaNAT's policy checkpoints)
+is unwrapped. Every failure is a
 :class:`CheckpointError` with a one-line message that names the file and, for key mismatches,
 the first few missing and unexpected keys.
 """
@@ -41,8 +42,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         first = first_line(e)
         raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    for wrapper in ("state_dict", "model"):  # the VQGAN release; AdaNAT's policy checkpoints
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+            break
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
     return sd
