@@ -17,6 +17,7 @@ of its checkpoint) without pickle.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adanat.checkpoints import CheckpointError, check_keys, read_state_dict
+from adanat.sampling import Controls, GenerationState
 
 RELEASE_PREFIX = "policy_old.actor."  # the copy of the actor AdaNAT evaluates
 FREQUENCIES = 256
@@ -68,7 +70,7 @@ class ReleaseActor(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int = 512, grid: int = 16, out: int = 4) -> None:
         super().__init__()
-        self.grid = grid
+        self.in_channels, self.hidden, self.grid = in_channels, hidden, grid
         self.x_embedder = nn.Linear(in_channels, hidden) if in_channels != hidden else nn.Identity()
         self.t_embedder = StepEmbedder(hidden)
         self.adaLN1 = AdaLN(hidden, hidden)
@@ -105,3 +107,89 @@ def load_release_actor(path: str | Path, grid: int = 16) -> ReleaseActor:
     check_keys(module, actor, "policy")
     module.load_state_dict({k: v.float() for k, v in actor.items()}, strict=True)
     return module.eval().requires_grad_(False)
+
+
+# -- AdaNAT's action mapping and the imported policy as a controller ---------------------------
+
+RELEASE_FORMAT = "adanat-release-policy/1"
+
+
+def heuristic_preactivations(step: int, steps: int) -> Tensor:
+    """The hand-made schedule the release's ``--heu 1`` adds actions to, in pre-activation space
+    and the release's order (ratio logit, re-masking, sampling, guidance softplus^-1), ``(4,)``."""
+    r = (step + 1 - 1e-3) / steps
+    ratio = torch.tensor(math.cos(math.pi / 2 * r))
+    inverse_softplus = lambda y: y + torch.log(-torch.expm1(-y))  # noqa: E731
+    return torch.stack(
+        [
+            torch.log(ratio) - torch.log1p(-ratio),
+            inverse_softplus(torch.tensor(1 - r)),
+            inverse_softplus(torch.tensor(1.0)),
+            inverse_softplus(torch.tensor((step + 1e-3) / steps)),
+        ]
+    )  # (4,)
+
+
+def release_controls(raw: Tensor, step: int, steps: int, heuristic: bool) -> Controls:
+    """Controls of AdaNAT's raw actions ``(B, 4)`` (release order: ratio, re-masking temperature,
+    sampling temperature, guidance): sigmoid of the first, softplus of the others, after adding
+    :func:`heuristic_preactivations` when ``heuristic``; AdaNAT's token-selection rule."""
+    a = raw.float()  # (B, 4)
+    if heuristic:
+        a = a + heuristic_preactivations(step, steps).to(a)  # (B, 4)
+    ratio, remask, sampling, guidance = a.unbind(dim=1)  # (B,) each
+    return Controls(
+        torch.sigmoid(ratio), F.softplus(sampling), F.softplus(remask), F.softplus(guidance), rule="adanat"
+    )
+
+
+class ReleasePolicyController:
+    """An imported AdaNAT policy as a :class:`~adanat.sampling.Controller`: it observes the
+    generator's full features and the step index, as in the release, and acts with its mean."""
+
+    def __init__(self, actor: ReleaseActor, steps: int, heuristic: bool) -> None:
+        self.actor, self.steps, self.heuristic = actor, steps, heuristic
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> Controls:
+        if state.steps != self.steps:
+            raise ValueError(
+                f"the policy was imported for {self.steps} steps, generation asks for {state.steps}"
+            )
+        step = torch.full((state.features.shape[0],), state.step, device=state.features.device)  # (B,)
+        raw = self.actor(state.features.float(), step)  # (B, 4)
+        return release_controls(raw, state.step, state.steps, self.heuristic)
+
+
+def export_release_policy(
+    folder: Path, actor: ReleaseActor, steps: int, heuristic: bool, source: str
+) -> None:
+    """Write an imported policy in our own format: ``policy.safetensors`` + ``policy.json``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
+    save_file(state, str(folder / "policy.safetensors"))
+    meta = {
+        "format": RELEASE_FORMAT,
+        "in_channels": actor.in_channels,
+        "hidden": actor.hidden,
+        "grid": actor.grid,
+        "steps": steps,
+        "heuristic": heuristic,
+        "rule": "adanat",
+        "observation": "full features and the step index (AdaNAT's)",
+        "source": source,
+    }
+    (folder / "policy.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def load_release_policy(folder: Path) -> tuple[ReleaseActor, dict[str, object]]:
+    """An imported AdaNAT policy folder: its actor and metadata (no pickle)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "policy.json").read_text(encoding="utf-8"))
+    with torch.random.fork_rng(devices=[]):
+        actor = ReleaseActor(int(meta["in_channels"]), int(meta["hidden"]), int(meta["grid"]))
+    actor.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
+    return actor.eval(), meta

@@ -57,3 +57,81 @@ def test_the_released_key_list_fits_the_network():
         module = ReleaseActor(in_channels=768, hidden=512)
         state = {k: torch.empty(shape) for k, shape in actor.items()}
     module.load_state_dict(state, strict=True, assign=True)  # every key and shape, none left over
+
+
+def test_release_action_mapping_and_its_hand_made_residual():
+    """sigmoid / softplus of the raw actions (release order: ratio, re-masking, sampling,
+    guidance); with the --heu 1 residual, zero actions are the release's hand-made schedule."""
+    import math
+
+    import torch.nn.functional as F
+
+    from adanat.agents.adanat_policy import release_controls
+
+    raw = torch.tensor([[0.5, -1.0, 2.0, 0.3]])
+    c = release_controls(raw, 2, 8, heuristic=False)
+    assert c.rule == "adanat"
+    torch.testing.assert_close(c.mask_ratio, torch.sigmoid(raw[:, 0]))
+    torch.testing.assert_close(c.remask_temp, F.softplus(raw[:, 1]))
+    torch.testing.assert_close(c.sampling_temp, F.softplus(raw[:, 2]))
+    torch.testing.assert_close(c.guidance, F.softplus(raw[:, 3]))
+    for k in range(8):
+        h = release_controls(torch.zeros(1, 4), k, 8, heuristic=True)
+        r = (k + 1 - 1e-3) / 8
+        want = [math.cos(math.pi / 2 * r), 1.0, 1 - r, (k + 1e-3) / 8]  # ratio, sampling, remask, cfg
+        assert h.stack()[0].tolist() == pytest.approx(want, abs=1e-5)
+
+
+def _imported(tmp_path, heuristic: bool = False):
+    from adanat.cli import main
+
+    weights, _ = _fixture()
+    torch.save({"model": {RELEASE_PREFIX + k: v for k, v in weights.items()}}, tmp_path / "ckpt.pth")
+    args = ["import-policy", str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "policy"), "--steps", "4"]
+    assert main([*args, *(["--heuristic"] if heuristic else [])]) == 0
+    return tmp_path / "policy"
+
+
+def test_an_imported_policy_drives_the_sampler(tmp_path):
+    from helpers import random_enat
+
+    from adanat.agents.adanat_policy import ReleasePolicyController, load_release_policy, release_controls
+    from adanat.models.enat import ENATConfig
+    from adanat.rng import row_rngs
+    from adanat.sampling import GenerationState, NATSampler
+
+    folder = _imported(tmp_path, heuristic=True)
+    actor, meta = load_release_policy(folder)
+    assert (
+        meta["steps"] == 4 and meta["heuristic"] and meta["rule"] == "adanat" and "sha256" in meta["source"]
+    )
+    controller = ReleasePolicyController(actor, 4, True)
+    _, t = _fixture()
+    state = GenerationState(1, 4, torch.zeros(5, 256, dtype=torch.long), torch.zeros(5), t["feat"])
+    with torch.no_grad():
+        want = release_controls(actor(t["feat"], torch.ones(5, dtype=torch.long)), 1, 4, True)
+    assert torch.equal(controller(state).stack(), want.stack())
+    generator = random_enat(ENATConfig(1, 1, 24, 4, 16, 16, 10))  # its features: 24 on a 16x16 grid
+    out = NATSampler(generator).generate(torch.arange(3), controller, 4, row_rngs(0, 3))
+    assert out.trace.shape == (3, 4, 4) and int(out.ids.max()) < 16
+
+
+def test_an_imported_policy_for_other_features_is_one_clear_line(tmp_path, capsys):
+    """``adanat sample --policy`` checks the imported policy against the preset's generator."""
+    from helpers import random_enat, tiny_model_args
+    from safetensors.torch import save_file
+
+    from adanat.cli import main
+    from adanat.models.vqgan import MaskGITVQGAN
+    from adanat.presets import model_preset
+
+    folder = _imported(tmp_path)
+    preset = model_preset("tiny")
+    save_file(random_enat(preset.generator).state_dict(), str(tmp_path / "gen.safetensors"))
+    save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(tmp_path / "tok.safetensors"))
+    args = ["sample", *tiny_model_args(tmp_path), "--policy", str(folder), "--out", str(tmp_path / "o")]
+    assert main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reads 24 features on a 16x16 grid; preset tiny gives 64 on 8x8" in err
+    assert main(["import-policy", str(tmp_path / "gen.safetensors"), "--out", str(tmp_path / "p2")]) == 2
+    assert "holds no AdaNAT actor" in capsys.readouterr().err and not (tmp_path / "p2").exists()

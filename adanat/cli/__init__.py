@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from adanat.cli import eval as eval_command
-from adanat.cli import sample, search, train
+from adanat.cli import import_policy, sample, search, train
 from adanat.cli.common import EXPECTED_ERRORS, Parser, UsageError, resolve_device
 from adanat.errors import first_line
 
 __all__ = ["Parser", "UsageError", "build_parser", "main", "resolve_device"]
 
-COMMANDS = (sample, eval_command, search, train)
+COMMANDS = (sample, eval_command, search, train, import_policy)
 
 
 def build_parser() -> Parser:

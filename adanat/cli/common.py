@@ -20,6 +20,7 @@ import torch
 from adanat.assets import sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.configs import Flag, add_flags
+from adanat.errors import first_line
 from adanat.metrics import FeatureSpace, MetricsError, Reference, ReferenceRequest, inception_feature_space
 from adanat.outputs import OutputError, check_writable
 from adanat.precision import PRECISIONS
@@ -238,6 +239,8 @@ def policy_controllers(
     if schedule is not None:
         controller = ScheduleController(schedule)
         return (lambda _rngs: controller), schedule.steps, {"schedule": schedule.to_dict()}
+    if _is_release_policy(Path(args.policy)):
+        return _release_controllers(args, models)
     from adanat.agents.export import PolicyController, PolicyError, load_policy
 
     try:
@@ -259,6 +262,43 @@ def policy_controllers(
     actor = actor.to(next(models.generator.parameters()).device)
     info = {"policy_meta": meta.to_dict(), "stochastic": args.stochastic}
     return (lambda rngs: PolicyController(actor, meta, args.stochastic, rngs)), meta.steps, info
+
+
+def _is_release_policy(folder: Path) -> bool:
+    import json
+
+    from adanat.agents.adanat_policy import RELEASE_FORMAT
+
+    try:
+        return (
+            json.loads((folder / "policy.json").read_text(encoding="utf-8")).get("format") == RELEASE_FORMAT
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _release_controllers(
+    args: argparse.Namespace, models: LoadedModels
+) -> tuple[Callable[[Rngs], Controller], int, dict[str, object]]:
+    """An imported AdaNAT policy (``adanat import-policy``), checked against the generator."""
+    from adanat.agents.adanat_policy import ReleasePolicyController, load_release_policy
+
+    try:
+        actor, meta = load_release_policy(Path(args.policy))
+    except Exception as e:  # safetensors errors derive from Exception only
+        raise UsageError(f"{args.policy} is not a readable imported policy ({first_line(e)})") from None
+    gen, steps = models.generator, int(meta["steps"])
+    if (actor.in_channels, actor.grid) != (gen.feature_dim, gen.grid):
+        raise UsageError(
+            f"policy {args.policy} reads {actor.in_channels} features on a {actor.grid}x{actor.grid} grid; "
+            f"preset {models.preset.name} gives {gen.feature_dim} on {gen.grid}x{gen.grid}"
+        )
+    if args.steps not in (None, steps):
+        raise UsageError(f"policy {args.policy} was imported for --steps {steps}, not {args.steps}")
+    controller = ReleasePolicyController(
+        actor.to(next(gen.parameters()).device), steps, bool(meta["heuristic"])
+    )
+    return (lambda _rngs: controller), steps, {"policy_meta": meta}
 
 
 def check_new_file(path: Path | None, flag: str) -> None:
