@@ -154,3 +154,44 @@ def test_sample_and_train_with_the_uvit_preset(uvit_weights, tmp_path, capsys):
     assert set(result) >= {"policy", "base"} and (tmp_path / "run" / "policy" / "policy.json").is_file()
     policy = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
     assert policy["preset"] == "uvit-tiny" and policy["observation"]["width"] == 64
+
+
+@pytest.mark.parametrize("observation", ["compact", "full"])
+def test_the_env_over_a_uvit_passes_both_checkers(uvit_weights, observation):
+    """The generation environment over a U-ViT NAT: gymnasium's and SB3's env checkers."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from adanat.envs import NATEnv
+    from adanat.envs.spec import EnvConfig, build_core
+
+    env = EnvConfig(
+        world="shapes",
+        preset="uvit-tiny",
+        generator=uvit_weights / "gen.safetensors",
+        tokenizer=uvit_weights / "tok.safetensors",
+        steps=4,
+        observation=observation,
+    )
+    assert not build_core(env, 1).sampler.generator.reuses_state
+    gym_check_env(NATEnv(build_core(env, 1)), skip_render_check=True)
+    sb3_check_env(NATEnv(build_core(env, 1)), warn=True)
+
+
+@pytest.mark.slow
+def test_the_released_autonat_l_file_loads_and_generates():
+    """With ADANAT_AUTONAT_L=nnet_ema.pth (AutoNAT-L ImageNet-256): a strict load and two images'
+    tokens at T=8 with its searched schedule and AutoNAT's rule."""
+    import os
+
+    from adanat.checkpoints import load_generator
+    from adanat.presets import generator_config
+
+    path = os.environ.get("ADANAT_AUTONAT_L")
+    if not path:
+        pytest.skip("set ADANAT_AUTONAT_L to AutoNAT-L's nnet_ema.pth")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_generator(path, generator_config("autonat-l-in256"), device)
+    ctrl = ScheduleController(load_schedule("autonat-l-t8", steps=8))
+    out = NATSampler(model).generate(torch.tensor([207, 360], device=device), ctrl, 8, row_rngs(0, 2, device))
+    assert out.ids.shape == (2, 256) and int(out.ids.max()) < 1024
