@@ -56,6 +56,29 @@ class GuidedOutput:
         return self.raw_features.float()
 
 
+class ConfigShape:
+    """The shape half of the protocol, read from a generator's ``config`` (its ``seq_len``,
+    ``grid``, ``mask_id`` and ``width``): a mixin for the generator modules."""
+
+    config: Any
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def grid(self) -> int:
+        return self.config.grid
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.width
+
+
 class NATGenerator(Protocol):
     """A non-autoregressive token generator as the sampler drives it."""
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adanat.generator import GuidedOutput
+from adanat.generator import ConfigShape, GuidedOutput
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ class MlmHead(nn.Module):
         return h @ word_embeddings.t() + self.bias  # (B, L, K+1)
 
 
-class ENAT(nn.Module):
+class ENAT(ConfigShape, nn.Module):
     """ENAT generator: ``forward(ids, labels, prev)`` gives logits and the reuse state.
 
     Rows may have different numbers of masked tokens, and under reuse different numbers of newly
@@ -353,22 +353,7 @@ class ENAT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
 
-    # -- the generator protocol (adanat.generator.NATGenerator) ---------------------------
-    @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
-    def grid(self) -> int:
-        return self.config.grid
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
-
-    @property
-    def feature_dim(self) -> int:
-        return self.config.width
+    # -- the generator protocol (adanat.generator.NATGenerator; the shape from ConfigShape) -----
 
     @property
     def num_classes(self) -> int:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adanat.generator import GuidedOutput
+from adanat.generator import ConfigShape, GuidedOutput
 from adanat.models.enat import MlmHead, Mlp, TokenEmbedding
 
 
@@ -124,7 +124,7 @@ class UViTOutput:
     feat: Tensor  # (B, L, D)
 
 
-class UViTNAT(nn.Module):
+class UViTNAT(ConfigShape, nn.Module):
     """U-ViT NAT generator: ``forward(ids, context)`` gives logits and features of the image tokens.
 
     :param config: the architecture.
@@ -188,22 +188,7 @@ class UViTNAT(nn.Module):
         extras = c.shape[1]
         return UViTOutput(logits[:, extras:, : self.config.codebook_size], x[:, extras:])
 
-    # -- the generator protocol (adanat.generator.NATGenerator) ---------------------------
-    @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
-    def grid(self) -> int:
-        return self.config.grid
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
-
-    @property
-    def feature_dim(self) -> int:
-        return self.config.width
+    # -- the generator protocol (adanat.generator.NATGenerator; the shape from ConfigShape) -----
 
     @property
     def num_classes(self) -> int | None:
