@@ -166,7 +166,37 @@ def run(args: argparse.Namespace) -> None:
         print("(--quick: a tiny model, where per-op overhead dominates; the targets are for the default run)")
     if not args.skip_large:
         print()
-        large_flops(args.large_preset, device)
+        large = large_flops(args.large_preset, device)[0]
+        print()
+        uvit_cost(args.uvit_preset, device, max(1, args.repeats // 2), large["reuse"].of("ENAT"))
+
+
+def uvit_cost(name: str, device: torch.device, repeats: int, enat_flops: int | None = None) -> FlopCount:
+    """FLOPs and time per image of a U-ViT NAT preset (AutoNAT-L in256 by default; random weights),
+    guided T=8 at batch 1 with ``autonat-l-t8`` (AutoNAT's rule), beside ENAT-L's FLOPs: it runs
+    the whole sequence at every step, context token included, where ENAT encodes the new tokens."""
+    from adanat.models.uvit import UViTNAT
+
+    preset = model_preset(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = UViTNAT(preset.generator).eval().to(device)
+    schedule = ScheduleController(load_schedule("autonat-l-t8", steps=8))
+    labels = torch.tensor([207 % (model.num_classes or 1)], device=device)  # (1,)
+
+    def once() -> Generation:
+        return NATSampler(model).generate(labels, schedule, 8, row_rngs(0, 1, device))
+
+    with torch.no_grad():
+        count = count_flops(once)
+        seconds = wall_times({"uvit": once}, repeats, device)["uvit"]
+    flops = count.of("UViTNAT")
+    beside = "" if enat_flops is None else f"; {flops / enat_flops:.2f}x ENAT-L's with reuse"
+    print(
+        f"{name}, T=8, guidance, batch 1 (random weights): generator {flops / 1e12:.3f} TFLOPs "
+        f"(attention {count.attention / 1e12:.4f}), {1e3 * seconds:.0f} ms/image on {device.type}{beside}"
+    )
+    return count
 
 
 def _row_schedule(ctrl: JitteredSchedule, row: int) -> Schedule:
@@ -266,6 +296,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="enat-s-in256", help="generator preset for the timing table")
     p.add_argument("--large-preset", default="enat-l-in256")
+    p.add_argument("--uvit-preset", default="autonat-l-in256", help="U-ViT NAT preset beside ENAT-L")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)

@@ -65,3 +65,15 @@ def test_rollout_benchmark_quick():
     cases = [line.split()[0] for line in out.stdout.splitlines() if line.endswith("x") and "ms" not in line]
     assert "bare" in cases and "rollout," in cases
     assert "policy FLOPs (actor + critic, every step)" in out.stdout
+
+
+def test_uvit_cost_counts_the_whole_sequence_every_step(capsys):
+    """The U-ViT row: every step runs all tokens of both branches (no reuse), attention included."""
+    bench = load_script(SCRIPT)
+    count = bench.uvit_cost("uvit-tiny", torch.device("cpu"), 1, enat_flops=10**9)
+    assert "uvit-tiny, T=8" in capsys.readouterr().out
+    assert count.attention > 0 and count.of("UViTNAT") == count.total
+    cfg = bench.model_preset("uvit-tiny").generator
+    qkv_per_token = 2 * cfg.width * 3 * cfg.width  # one block's qkv projection, per token
+    tokens = 2 * 8 * (cfg.seq_len + 1)  # both branches, 8 steps, the class token included
+    assert count.of("UViTNAT.in_blocks.0.attn.qkv") == tokens * qkv_per_token
