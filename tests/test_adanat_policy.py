@@ -135,3 +135,24 @@ def test_an_imported_policy_for_other_features_is_one_clear_line(tmp_path, capsy
     assert err.count("\n") == 1 and "reads 24 features on a 16x16 grid; preset tiny gives 64 on 8x8" in err
     assert main(["import-policy", str(tmp_path / "gen.safetensors"), "--out", str(tmp_path / "p2")]) == 2
     assert "holds no AdaNAT actor" in capsys.readouterr().err and not (tmp_path / "p2").exists()
+
+
+@pytest.mark.slow
+def test_the_released_policy_file_imports(tmp_path):
+    """With ADANAT_POLICY=ckpt_*.pth (AdaNAT's ImageNet-256 policy): import, then its actions on
+    random features are finite and its metadata fits AutoNAT-L (768 features, 16x16 grid)."""
+    import os
+
+    from adanat.agents.adanat_policy import ReleasePolicyController, load_release_policy
+    from adanat.cli import main
+    from adanat.sampling import GenerationState
+
+    path = os.environ.get("ADANAT_POLICY")
+    if not path:
+        pytest.skip("set ADANAT_POLICY to AdaNAT's ImageNet-256 policy checkpoint")
+    assert main(["import-policy", path, "--out", str(tmp_path / "p")]) == 0
+    actor, meta = load_release_policy(tmp_path / "p")
+    assert (actor.in_channels, actor.grid) == (768, 16) and meta["steps"] == 8
+    feats = torch.randn(2, 256, 768, generator=torch.Generator().manual_seed(0))
+    controls = ReleasePolicyController(actor, 8, False)(GenerationState(0, 8, None, None, feats))
+    assert torch.isfinite(controls.stack()).all() and controls.rule == "adanat"
