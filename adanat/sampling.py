@@ -84,7 +84,8 @@ def select_tokens(
     w = controls.guidance.float()[row, None]  # (M, 1)
     logp = F.log_softmax(cond + w * (cond - uncond), dim=-1)  # (M, K)
 
-    temp = controls.sampling_temp.float().clamp_min(1e-6)[row, None]  # (M, 1)
+    floor = 1e-6 if controls.rule == "enat" else 1e-4  # the releases' samplers floor at 1e-4
+    temp = controls.sampling_temp.float().clamp_min(floor)[row, None]  # (M, 1)
     noise = gumbel_packed(masked_before.tolist(), logp.shape[1:], rngs, ids.device)  # (M, K)
     drawn = (logp / temp + noise).argmax(dim=-1)  # (M,) Gumbel-max = categorical sample
     sampled = ids.masked_scatter(is_mask, drawn)  # (B, L)

@@ -101,8 +101,11 @@ def load_release_actor(path: str | Path, grid: int = 16) -> ReleaseActor:
     actor = {k[len(RELEASE_PREFIX) :]: v for k, v in state.items() if k.startswith(RELEASE_PREFIX)}
     if not actor:
         raise CheckpointError(f"{path} holds no AdaNAT actor ({RELEASE_PREFIX}* keys)")
-    hidden = actor["t_embedder.mlp.0.weight"].shape[0]
-    in_channels = actor["x_embedder.weight"].shape[1] if "x_embedder.weight" in actor else hidden
+    step_in, first = actor.get("t_embedder.mlp.0.weight"), actor.get("x_embedder.weight", torch.zeros(0, 0))
+    if step_in is None or step_in.dim() != 2 or first.dim() != 2:
+        raise CheckpointError(f"{path}: its {RELEASE_PREFIX}* tensors are not an AdaNAT actor's")
+    hidden = step_in.shape[0]
+    in_channels = first.shape[1] if "x_embedder.weight" in actor else hidden
     module = ReleaseActor(in_channels, hidden, grid)
     check_keys(module, actor, "policy")
     module.load_state_dict({k: v.float() for k, v in actor.items()}, strict=True)
@@ -189,7 +192,12 @@ def load_release_policy(folder: Path) -> tuple[ReleaseActor, dict[str, object]]:
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "policy.json").read_text(encoding="utf-8"))
+    sizes = {k: meta.get(k) for k in ("in_channels", "hidden", "grid", "steps")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"in_channels, hidden, grid and steps must be whole numbers >= 1, got {sizes}")
+    if sizes["steps"] < 2 or not isinstance(meta.get("heuristic"), bool):
+        raise ValueError("steps must be >= 2 and heuristic true or false")
     with torch.random.fork_rng(devices=[]):
-        actor = ReleaseActor(int(meta["in_channels"]), int(meta["hidden"]), int(meta["grid"]))
+        actor = ReleaseActor(sizes["in_channels"], sizes["hidden"], sizes["grid"])
     actor.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=True)
     return actor.eval(), meta

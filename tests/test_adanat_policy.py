@@ -156,3 +156,45 @@ def test_the_released_policy_file_imports(tmp_path):
     feats = torch.randn(2, 256, 768, generator=torch.Generator().manual_seed(0))
     controls = ReleasePolicyController(actor, 8, False)(GenerationState(0, 8, None, None, feats))
     assert torch.isfinite(controls.stack()).all() and controls.rule == "adanat"
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"steps": "four"}, "whole numbers >= 1"),
+        ({"steps": 1}, "steps must be >= 2"),
+        ({"heuristic": "false"}, "heuristic true or false"),
+        ({"grid": None}, "whole numbers >= 1"),
+    ],
+)
+def test_a_damaged_imported_policy_is_one_clear_line(tmp_path, capsys, change, match):
+    from adanat.cli import main
+
+    folder = _imported(tmp_path)
+    meta = json.loads((folder / "policy.json").read_text())
+    (folder / "policy.json").write_text(json.dumps({**meta, **change}))
+    capsys.readouterr()
+    assert main(["sample", "--preset", "shapes", "--policy", str(folder), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a readable imported policy" in err and match in err
+
+
+def test_a_foreign_actor_and_stochastic_sampling_are_refused(tmp_path, capsys):
+    from adanat.cli import main
+
+    torch.save({"model": {RELEASE_PREFIX + "x_embedder.weight": torch.zeros(3)}}, tmp_path / "odd.pth")
+    assert main(["import-policy", str(tmp_path / "odd.pth"), "--out", str(tmp_path / "p")]) == 2
+    assert "are not an AdaNAT actor's" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    folder = _imported(tmp_path)
+    args = [
+        "sample",
+        "--preset",
+        "shapes",
+        "--policy",
+        str(folder),
+        "--stochastic",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2
+    assert "--stochastic is not supported for an imported AdaNAT policy" in capsys.readouterr().err

@@ -244,7 +244,7 @@ def _release_reference(ids, cond, uncond, c, rngs, mask_id, rule):
     remask = gumbel(b, (length,), rngs, ids.device)
     out, start = [], 0
     for r in range(b):
-        w, temp = float(c.guidance[r]), max(float(c.sampling_temp[r]), 1e-6)
+        w, temp = float(c.guidance[r]), max(float(c.sampling_temp[r]), 1e-4)  # the releases' floor
         logp = torch.log_softmax(cond[r] + w * (cond[r] - uncond[r]), -1)  # (L, K)
         sampled, conf = ids[r].clone(), torch.full((length,), float("inf"))
         for j in is_mask[r].nonzero()[:, 0].tolist():
@@ -271,7 +271,7 @@ def test_release_rules_equal_a_reference_written_from_the_spec(rule):
     ids[0, :5], ids[1, :12], ids[3, :15] = 1, 2, 3  # 11 / 4 / 16 / 1 masked
     cond, uncond = torch.randn(4, 16, 8, generator=gen), torch.randn(4, 16, 8, generator=gen)
     ratios = torch.tensor([0.5, 0.4, 0.05, 0.0])  # row 1 asks for more than it has; row 3 for none
-    c = Controls(ratios, torch.tensor([1.0, 0.5, 2.0, 1.0]), torch.tensor([1.0, 0.0, 3.0, 1.0]),
+    c = Controls(ratios, torch.tensor([1.0, 0.5, 2.0, 1e-5]), torch.tensor([1.0, 0.0, 3.0, 1.0]),
                  torch.tensor([0.0, 1.5, 2.0, 0.5]), rule=rule)  # fmt: skip
     got, _ = select_tokens(ids, cond, uncond, c, row_rngs(4, 4), mask_id=8)
     want = _release_reference(ids, cond, uncond, c, row_rngs(4, 4), 8, rule)

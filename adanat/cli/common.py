@@ -283,6 +283,10 @@ def _release_controllers(
     """An imported AdaNAT policy (``adanat import-policy``), checked against the generator."""
     from adanat.agents.adanat_policy import ReleasePolicyController, load_release_policy
 
+    if args.stochastic:
+        raise UsageError(
+            "--stochastic is not supported for an imported AdaNAT policy (it acts with its mean)"
+        )
     try:
         actor, meta = load_release_policy(Path(args.policy))
     except Exception as e:  # safetensors errors derive from Exception only
