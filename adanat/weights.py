@@ -20,6 +20,7 @@ from adanat.presets import (
     world_names,
     world_preset,
 )
+from adanat.sampling import NATSampler
 
 
 @dataclass
@@ -32,6 +33,10 @@ class LoadedModels:
     tokenizer: MaskGITVQGAN
     generator_file: Path
     tokenizer_file: Path
+
+    def sampler(self, precision: str = "float32", reuse: bool = True) -> NATSampler:
+        """The generator and tokenizer as a :class:`~adanat.sampling.NATSampler` in eval mode."""
+        return NATSampler(self.generator.eval(), self.tokenizer.eval(), precision, reuse)
 
 
 def resolve_preset(name: str) -> tuple[ModelPreset, World | None]:

@@ -13,7 +13,6 @@ from adanat.precision import check_precision
 from adanat.presets import world_preset
 from adanat.rewards.base import Reward
 from adanat.rewards.registry import RewardOptions, make_reward
-from adanat.sampling import NATSampler
 from adanat.schedules import Schedule, load_schedule
 from adanat.weights import LoadedModels, load_models
 
@@ -81,5 +80,6 @@ def build_core(
     models = models or load_env_models(config, device)
     reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
     mapping = ActionMapping(config.base_schedule(), config.action_scale)
-    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), config.precision, config.reuse)
-    return NATCore(sampler, reward, mapping, config.observation, num_rows, labels)
+    return NATCore(
+        models.sampler(config.precision, config.reuse), reward, mapping, config.observation, num_rows, labels
+    )

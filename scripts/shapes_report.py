@@ -28,7 +28,7 @@ from rich.table import Table
 from adanat.assets import asset_dir, read_manifest
 from adanat.evaluation import SampleSpec, generate_samples
 from adanat.outputs import save_grid
-from adanat.sampling import NATSampler, ScheduleController
+from adanat.sampling import ScheduleController
 from adanat.schedules import load_schedule
 from adanat.weights import load_models
 from adanat.worlds.shapes import real_images, shapes_floor, shapes_quality
@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             task = progress.add_task(_label(name, steps, reuse), total=args.n)
             ctrl = ScheduleController(load_schedule(name, steps=steps, variant="shapes"))
             t0 = time.perf_counter()
-            sampler = NATSampler(models.generator, models.tokenizer, reuse=reuse)
+            sampler = models.sampler(reuse=reuse)
             spec = SampleSpec(args.n, steps, args.seed)
             samples = generate_samples(sampler, ctrl, spec, on_batch=lambda k, t=task: progress.advance(t, k))
             seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import json
 import torch
 
 from adanat.evaluation import SampleSpec, generate_samples
-from adanat.sampling import NATSampler, ScheduleController
+from adanat.sampling import ScheduleController
 from adanat.schedules import enat_schedule
 from adanat.weights import load_models
 from adanat.worlds.shapes import real_images, shapes_quality
@@ -48,7 +48,7 @@ def main() -> None:
         key = json.dumps(setting, sort_keys=True)
         if key not in seen:
             ctrl = ScheduleController(enat_schedule(args.steps, **setting))
-            sampler = NATSampler(models.generator, models.tokenizer)
+            sampler = models.sampler()
             samples = generate_samples(sampler, ctrl, SampleSpec(args.n, args.steps, args.seed))
             q = seen[key] = shapes_quality(samples.images, samples.labels, reference, args.seed)
             fid, isc = q["frechet_inception_distance"], q["inception_score_mean"]

@@ -227,8 +227,7 @@ def schedule_of(args: argparse.Namespace, target: Target) -> Schedule | None:
 def load_sampler(args: argparse.Namespace, device: torch.device) -> tuple[LoadedModels, NATSampler]:
     """The preset's models (strictly loaded) as a sampler with the options' precision and reuse."""
     models = load_models(args.preset, args.generator, args.tokenizer, device)
-    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), args.precision, args.reuse)
-    return models, sampler
+    return models, models.sampler(args.precision, args.reuse)
 
 
 def policy_controllers(

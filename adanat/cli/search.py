@@ -21,7 +21,7 @@ from adanat.cli.common import (
 from adanat.configs import Flag, add_flags
 from adanat.outputs import check_writable
 from adanat.progress import StepProgress
-from adanat.sampling import NATSampler, ScheduleController
+from adanat.sampling import ScheduleController
 from adanat.schedules import Schedule
 from adanat.search import SearchConfig
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     state = search.start_state(cfg, out)  # refuses a folder searched with other settings
     device = resolve_device(args.device)
     models = load_models(args.preset, args.generator, args.tokenizer, device)
-    sampler = NATSampler(models.generator.eval(), models.tokenizer.eval(), cfg.precision, cfg.reuse)
+    sampler = models.sampler(cfg.precision, cfg.reuse)
     space = target.metric_space(args.inception).to(device)
     request = ReferenceRequest(
         cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size
