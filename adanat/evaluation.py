@@ -207,11 +207,15 @@ def controller_fid(
     space: FeatureSpace,
     reference: FidStatistics,
     spec: SampleSpec,
+    shard: Shard | None = None,
 ) -> float:
-    """FID of the images of ``spec`` under one controller (one process; what the schedule search
-    and model selection measure)."""
+    """FID of the images of ``spec`` under one controller (what the schedule search and model
+    selection measure); with ``shard`` each process makes its share, and all get the FID."""
+    shard = shard or Shard()
+    bounds = spec.bounds()
     feats = []
-    for _, out in sample_batches(sampler, fixed(controller), spec):
+    for _, out in sample_batches(sampler, fixed(controller), spec, shard.batches(len(bounds))):
         assert out.images is not None
         feats.append(space(to_uint8(out.images))[0])
-    return float(fid_from_features(torch.cat(feats), reference))
+    gathered = gather_batches(shard, feats, [len(b) for b in bounds], sampler.device)  # (N, F)
+    return float(fid_from_features(gathered, reference))

@@ -126,6 +126,40 @@ class PolicyTrainingDefaults:
     select_fid: int
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A published training recipe: ``--recipe NAME`` gives its value to every option it names
+    that the command line leaves open (a flag given still wins; then the world's defaults).
+
+    :param about: whose settings these are.
+    :param episodes_per_update: episodes (trajectories) per PPO update.
+    :param updates: PPO updates of the run (its episodes: ``updates * episodes_per_update``).
+    :param learning_rate: the policy's Adam learning rate.
+    :param action_std: exploration std schedule, ``"UPDATE:STD,..."``.
+    :param disc_updates: discriminator updates per round.
+    :param minibatch_std: group size of the discriminator's minibatch-std feature (0: off).
+    :param action_cost: reward cost per step of ``mean(action**2)`` (0: off).
+    """
+
+    about: str
+    episodes_per_update: int
+    updates: int
+    learning_rate: float
+    action_std: str
+    disc_updates: int
+    minibatch_std: int
+    action_cost: float
+
+
+def recipe(name: str) -> Recipe:
+    """Training recipe ``name`` (``adanat``)."""
+    return Recipe(**_lookup("recipes", name))
+
+
+def recipe_names() -> list[str]:
+    return sorted(_table()["recipes"])
+
+
 DEFAULT_STEPS = 8  # T of a model preset that belongs to no world
 
 

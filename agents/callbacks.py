@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 from adanat.agents import sb3
-from adanat.envs.vec_env import NATVecEnv
+from adanat.envs.core import Finished
 from adanat.errors import NonFiniteError
 from adanat.progress import StepProgress
-from adanat.rewards.base import LearnedReward, Reward
+from adanat.rewards.base import LearnedReward
 from adanat.schedules import CONTROL_NAMES
 
 
@@ -60,24 +61,43 @@ class ExplorationStd(BaseCallback):
         return True
 
 
+RewardRound = Callable[[list[Finished]], dict[str, float]]
+"""One update round of a learned reward on the episodes of a rollout; returns its statistics."""
+
+
+def discriminator_round(reward: LearnedReward) -> RewardRound:
+    """The round of one process: ``reward.update`` on the rollout's images."""
+
+    def run(finished: list[Finished]) -> dict[str, float]:
+        images = torch.cat([f.images for f in finished if f.images is not None])  # (E, 3, H, W)
+        labels = torch.cat([f.labels for f in finished])  # (E,)
+        return reward.update(images, labels)
+
+    return run
+
+
 class RewardRounds(BaseCallback):
     """After each rollout: records the finished episodes (reward, per-step controls), stops on a
-    non-finite reward, and runs one update round of a learned reward (the discriminator)."""
+    non-finite reward, and runs one update round of a learned reward (the discriminator).
 
-    def __init__(self, venv: NATVecEnv, reward: Reward, writer: SummaryWriter | None) -> None:
+    :param venv: the environment whose finished episodes are drained.
+    :param update: the learned reward's round (:func:`discriminator_round`, or a team's
+        data-parallel one); None for a fixed reward.
+    :param writer: where the controls' histograms go.
+    """
+
+    def __init__(self, venv: VecEnv, update: RewardRound | None, writer: SummaryWriter | None) -> None:
         super().__init__()
-        self.venv, self.reward, self.writer = venv, reward, writer
+        self.venv, self.update, self.writer = venv, update, writer
         self.last: dict[str, float] = {}
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        finished = self.venv.drain_finished()
+        finished = self.venv.drain_finished()  # type: ignore[attr-defined]
         if not finished:
             return
-        images = torch.cat([f.images for f in finished])  # (E, 3, H, W)
-        labels = torch.cat([f.labels for f in finished])  # (E,)
         rewards = torch.cat([f.rewards for f in finished]).float()  # (E,)
         controls = torch.cat([f.controls for f in finished]).float()  # (E, T, 4)
         if not torch.isfinite(rewards).all():
@@ -92,8 +112,8 @@ class RewardRounds(BaseCallback):
                 self.logger.record(f"schedule/{name}/step{k}_std", float(v.std(unbiased=False)))
             if self.writer is not None:
                 self.writer.add_histogram(f"controls/{name}", controls[:, :, j].flatten(), self.num_timesteps)
-        if isinstance(self.reward, LearnedReward):
-            stats = self.reward.update(images, labels)
+        if self.update is not None:
+            stats = self.update(finished)
             if not all(math.isfinite(v) for v in stats.values()):
                 raise NonFiniteError(f"non-finite discriminator statistics {stats}")
             for name, value in stats.items():

@@ -52,6 +52,11 @@ class PolicyTraining:
     :param fid_reference: ``fid_stats.npz`` (Inception ``mu``/``sigma``) for ImageNet worlds;
         ``shapes`` uses its ``reference`` split in the metric network's space.
     :param inception: torch-fidelity Inception-v3 weights for ImageNet worlds (default: its cache).
+    :param init_policy: start from this AdaNAT-format policy folder (``adanat import-policy``, or
+        a run's ``policy/`` trained from one): its actor, and its critic when the folder holds one,
+        are the network (instead of ``extractor``), acting with AdaNAT's raw actions
+        (``env.actions`` ``adanat`` or ``adanat-heuristic``, as the folder says) on the full
+        observation; the generator's feature width and grid and ``T`` must be the policy's.
     :param seed: seed of PPO, the environment's row streams and the discriminator.
     """
 
@@ -77,6 +82,7 @@ class PolicyTraining:
     select_fid_seed: int = 2_000_000
     fid_reference: str | None = None
     inception: str | None = None
+    init_policy: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +101,16 @@ class PolicyTraining:
             raise ValueError(f"select-fid must be 0 (off) or >= 2 images, got {self.select_fid}")
         if self.env.steps < 2:
             raise ValueError(f"steps must be >= 2, got {self.env.steps}")
+        release = self.env.actions != "residual"
+        if self.init_policy is not None and (not release or self.env.observation != "full"):
+            raise ValueError(
+                "init-policy acts with AdaNAT's actions on the full observation: env actions 'adanat' "
+                "or 'adanat-heuristic' and observation 'full'"
+            )
+        if self.init_policy is None and release:
+            raise ValueError(f"env actions {self.env.actions!r} are an AdaNAT policy's: give init-policy")
+        if release and self.action_cost > 0:
+            raise ValueError("action-cost is a distance from the base schedule; AdaNAT's actions have none")
         if self.episodes_per_update % self.num_envs:
             raise ValueError(
                 f"episodes-per-update ({self.episodes_per_update}) must be a multiple of num-envs "

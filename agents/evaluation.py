@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from adanat.agents.export import Actor, PolicyController, PolicyMeta
+from adanat.agents.export import ExportedActor, ExportedMeta, mean_controller
+from adanat.distributed import Shard, gather_batches
 from adanat.envs.core import NATCore
 from adanat.evaluation import SampleSpec, fixed, sample_batches
 from adanat.sampling import Controller, ScheduleController
@@ -47,23 +48,29 @@ class PolicyEvaluator:
     """Generates ``episodes`` images (labels cycle over the classes) from fixed seeds with a
     policy's mean action and with the base schedule, and scores both with the core's reward."""
 
-    def __init__(self, core: NATCore, episodes: int, seed: int) -> None:
+    def __init__(self, core: NATCore, episodes: int, seed: int, shard: Shard | None = None) -> None:
         self.core, self.episodes, self.seed = core, episodes, seed
+        self.shard = shard or Shard()
 
     @torch.no_grad()
     def _run(self, controller: Controller) -> tuple[Tensor, Tensor, Tensor]:
-        core = self.core
+        """Rewards ``(E,)``, images ``(E, 3, H, W)`` and controls ``(E, T, 4)``; under torchrun
+        each process generates its share of the batches and every process gets them all."""
+        core, shard = self.core, self.shard
         rewards, images, traces = [], [], []
         spec = SampleSpec(self.episodes, core.steps, self.seed, core.num_rows)
-        for labels, out in sample_batches(core.sampler, fixed(controller), spec):
+        bounds = spec.bounds()
+        for labels, out in sample_batches(core.sampler, fixed(controller), spec, shard.batches(len(bounds))):
             assert out.images is not None
-            rewards.append(core.reward(out.images, labels).float().cpu())
-            images.append(out.images.cpu())
-            traces.append(out.trace.cpu())
-        return torch.cat(rewards), torch.cat(images), torch.cat(traces)
+            rewards.append(core.reward(out.images, labels).float())
+            images.append(out.images.float())
+            traces.append(out.trace.float())
+        sizes, dev = [len(b) for b in bounds], core.device
+        gathered = (gather_batches(shard, x, sizes, dev).cpu() for x in (rewards, images, traces))
+        return tuple(gathered)  # type: ignore[return-value]
 
-    def run(self, actor: Actor, meta: PolicyMeta) -> EvalResult:
-        policy_r, images, trace = self._run(PolicyController(actor, meta))
+    def run(self, actor: ExportedActor, meta: ExportedMeta) -> EvalResult:
+        policy_r, images, trace = self._run(mean_controller(actor, meta))
         base_r, _, _ = self._run(ScheduleController(self.core.mapping.base))
         cols = min(self.core.sampler.generator.num_classes or 16, 16)
         shown = images[: cols * max(1, min(4, len(images) // cols))]

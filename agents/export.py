@@ -3,7 +3,10 @@
 An export holds the actor only (features extractor + action head) and everything needed to
 use it safely: world, generator and tokenizer identity (sha256), ``T``, the action mapping, the
 base schedule, the observation form and the extractor config. :class:`PolicyController` plugs it
-into :meth:`adanat.sampling.NATSampler.generate`.
+into :meth:`adanat.sampling.NATSampler.generate`. A run fine-tuned from AdaNAT's policy
+(``--init-policy``) exports AdaNAT's network in its own folder format instead
+(:class:`~adanat.agents.adanat_policy.ReleaseMeta`); :func:`export_policy` and
+:func:`mean_controller` take either.
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from adanat.agents.adanat_policy import (
+    ReleaseActor,
+    ReleaseMeta,
+    ReleasePolicyController,
+    export_release_policy,
+)
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.envs.actions import ActionMapping
 from adanat.envs.observation import ObservationForm
 from adanat.errors import first_line
 from adanat.rng import Rngs, normal
-from adanat.sampling import Controls, GenerationState
+from adanat.sampling import Controller, Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict
 
 FORMAT = "adanat-policy/1"
@@ -98,8 +107,17 @@ class PolicyMeta:
             raise PolicyError(f"malformed policy metadata: {e}") from None
 
 
-def export_policy(folder: Path, actor: Actor, meta: PolicyMeta) -> None:
-    """Write ``policy.safetensors`` and ``policy.json`` into ``folder`` (atomically, file by file)."""
+ExportedActor = Actor | ReleaseActor  # what a run exports: our network, or AdaNAT's (--init-policy)
+ExportedMeta = PolicyMeta | ReleaseMeta
+
+
+def export_policy(folder: Path, actor: ExportedActor, meta: ExportedMeta) -> None:
+    """Write ``policy.safetensors`` and ``policy.json`` into ``folder`` (atomically, file by file),
+    in AdaNAT's folder format for a :class:`~adanat.agents.adanat_policy.ReleaseMeta`."""
+    if isinstance(meta, ReleaseMeta):
+        assert isinstance(actor, ReleaseActor)
+        export_release_policy(folder, actor, meta)
+        return
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
     tmp = folder / f".{WEIGHTS}.tmp"
@@ -164,3 +182,12 @@ class PolicyController:
             noise = normal(mean.shape[0], (4,), self.rngs, mean.device)  # (B, 4)
             action = mean + self.meta.std * noise
         return self.meta.mapping.controls(action.clamp(-1, 1), state.step)
+
+
+def mean_controller(actor: ExportedActor, meta: ExportedMeta) -> Controller:
+    """The policy acting with its mean action, ours or one in AdaNAT's format."""
+    if isinstance(meta, ReleaseMeta):
+        assert isinstance(actor, ReleaseActor)
+        return ReleasePolicyController(actor, meta.steps, meta.heuristic)
+    assert isinstance(actor, Actor)
+    return PolicyController(actor, meta)

@@ -3,7 +3,8 @@
 adanat drives SB3's PPO through its public API and its callbacks, but a run that resumes, holds
 the exploration std fixed, exports its actor and checks its rewards has to reach a few of SB3's
 attributes that are not documented API (``_n_updates``, ``_last_obs``, ``_last_episode_starts``,
-``policy.log_std``, ``policy.action_net``, ``policy.pi_features_extractor``, the logger's
+``policy.log_std``, ``policy.action_net``, ``policy.value_net``, ``policy.pi_features_extractor``,
+``policy.vf_features_extractor``, the logger's
 ``name_to_value`` and its TensorBoard writer, a callback's ``locals``). They are read and written
 here only; ``tests/test_sb3_internals.py`` builds a tiny PPO and fails if an SB3 release moves,
 renames or changes the meaning of one of them. Tested with stable-baselines3 2.3 to 2.x.
@@ -26,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 __all__ = [
     "action_head",
     "actor_extractor",
+    "critic_extractor",
     "exploration_log_std",
     "freeze_exploration_std",
     "gradient_epochs",
@@ -38,6 +40,7 @@ __all__ = [
     "set_next_observation",
     "step_rewards",
     "tensorboard_writer",
+    "value_head",
 ]
 
 
@@ -99,6 +102,19 @@ def actor_extractor(model: BaseAlgorithm) -> BaseFeaturesExtractor:
     """The actor's features extractor (``policy.pi_features_extractor``; the critic has its own
     when ``share_features_extractor=False``)."""
     return model.policy.pi_features_extractor  # type: ignore[return-value]
+
+
+def value_head(model: BaseAlgorithm) -> nn.Linear:
+    """The linear layer from critic features to the value (``policy.value_net``)."""
+    head = model.policy.value_net
+    assert isinstance(head, nn.Linear)
+    return head
+
+
+def critic_extractor(model: BaseAlgorithm) -> BaseFeaturesExtractor:
+    """The critic's features extractor (``policy.vf_features_extractor``; the actor's own when
+    ``share_features_extractor=True``)."""
+    return model.policy.vf_features_extractor  # type: ignore[return-value]
 
 
 def optimizer(model: BaseAlgorithm) -> torch.optim.Optimizer:

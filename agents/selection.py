@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from adanat.agents.export import Actor, PolicyController, PolicyMeta, export_policy
+from adanat.agents.export import ExportedActor, ExportedMeta, export_policy, mean_controller
+from adanat.distributed import Shard
 from adanat.envs.core import NATCore
 from adanat.evaluation import SampleSpec, controller_fid
 from adanat.metrics import FeatureSpace, FidStatistics
@@ -46,29 +47,32 @@ class FidSelection:
         seed: int,
         run_dir: Path,
         batch_size: int | None = None,
+        shard: Shard | None = None,
     ) -> None:
         if n < 2:
             raise ValueError(f"FID selection needs at least 2 images, got {n}")
         self.core, self.space, self.reference, self.n, self.seed = core, space, reference, n, seed
         self.folder, self.record = run_dir / "best", run_dir / "best.json"
         self.batch_size = batch_size or core.num_rows
+        self.shard = shard or Shard()  # under torchrun: every process scores its share
         saved = json.loads(self.record.read_text()) if self.record.is_file() else {}
         self.best = float(saved.get("fid", math.inf))
         self.base = saved.get("base_fid")
 
     def _fid(self, controller: Controller) -> float:
         spec = SampleSpec(self.n, self.core.steps, self.seed, self.batch_size)
-        return controller_fid(self.core.sampler, controller, self.space, self.reference, spec)
+        return controller_fid(self.core.sampler, controller, self.space, self.reference, spec, self.shard)
 
     @torch.no_grad()
-    def score(self, actor: Actor, meta: PolicyMeta, updates: int, episodes: int) -> FidScore:
+    def score(self, actor: ExportedActor, meta: ExportedMeta, updates: int, episodes: int) -> FidScore:
         """FID of the policy now; exports it to ``best/`` if it is the lowest so far."""
         if self.base is None:
             self.base = self._fid(ScheduleController(self.core.mapping.base))
-        fid = self._fid(PolicyController(actor, meta))
+        fid = self._fid(mean_controller(actor, meta))
         improved = fid < self.best
         if improved:
             self.best = fid
+        if improved and self.shard.is_main:  # only the leader writes
             export_policy(self.folder, actor, meta)
             record = {
                 "fid": fid,
@@ -91,6 +95,7 @@ def world_selection(
     run_dir: Path,
     statistics: Path | None = None,
     inception: Path | None = None,
+    shard: Shard | None = None,
 ) -> FidSelection:
     """Model selection in ``world``'s feature space against its ``selection`` reference (the
     ``shapes`` reference split, so the held-out split stays for the final evaluation; on ImageNet
@@ -105,4 +110,4 @@ def world_selection(
         reference = w.reference("selection", space, request)
     except MetricsError as e:
         raise ValueError(f"--select-fid on {world}: {e}") from None
-    return FidSelection(core, space, reference.stats, n, seed, run_dir)
+    return FidSelection(core, space, reference.stats, n, seed, run_dir, shard=shard)

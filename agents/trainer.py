@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,21 @@ import torch
 from safetensors.torch import load_model, save_model
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from adanat.agents import sb3
+from adanat.agents.adanat_policy import ReleaseActor, ReleaseMeta, export_release_policy
 from adanat.agents.callbacks import (
     EpisodeProgress,
     Every,
     ExplorationStd,
     FiniteGuard,
     NonFiniteError,
+    RewardRound,
     RewardRounds,
     check_finite,
+    discriminator_round,
     std_at,
 )
 from adanat.agents.checkpoint import (
@@ -48,17 +53,21 @@ from adanat.agents.checkpoint import (
     write_checkpoint,
 )
 from adanat.agents.config import PolicyTraining
-from adanat.agents.evaluation import PolicyEvaluator
+from adanat.agents.evaluation import EvalResult, PolicyEvaluator
 from adanat.agents.export import Actor, PolicyMeta, export_policy
+from adanat.agents.finetune import release_actor_of, release_critic_of, release_meta
 from adanat.agents.ppo import make_ppo
-from adanat.agents.selection import FidSelection, world_selection
+from adanat.agents.selection import FidScore, FidSelection, world_selection
 from adanat.assets import sha256_of
 from adanat.configs import to_dict
+from adanat.distributed import Shard
+from adanat.envs.sharded import ShardedVecEnv
 from adanat.envs.spec import build_core, load_env_models
-from adanat.envs.vec_env import NATVecEnv, make_vec_env
+from adanat.envs.vec_env import NATVecEnv, wrap_vec_env
 from adanat.errors import first_line
 from adanat.progress import StepProgress
 from adanat.rewards.base import LearnedReward
+from adanat.team import Team, TeamRows
 
 __all__ = ["PolicyTrainer", "StopOnSignal"]
 
@@ -73,30 +82,71 @@ class PolicyTrainer:
     """
 
     def __init__(
-        self, cfg: PolicyTraining, run_dir: Path, device: str = "cpu", log_dir: Path | None = None
+        self,
+        cfg: PolicyTraining,
+        run_dir: Path,
+        device: str = "cpu",
+        log_dir: Path | None = None,
+        team: Team | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         self.log_dir = Path(log_dir) if log_dir else self.run_dir / "tb"
-        env = cfg.env
+        self.team = team or Team(Shard(), device)
+        rows = self._rows_per_process()
+        env, shard = cfg.env, self.team.shard
         self.models = load_env_models(env, device)
-        self.core = build_core(env, cfg.num_envs, device, self.models)
+        self.core = build_core(env, rows, device, self.models)
         self.reward = self.core.reward
-        self.monitor = make_vec_env(self.core, cfg.seed, cfg.action_cost)
-        self.venv: NATVecEnv = self.monitor.unwrapped  # type: ignore[assignment]
-        self.model = make_ppo(self.monitor, cfg, device)
-        self.evaluator = PolicyEvaluator(self.core, cfg.eval_episodes, cfg.eval_seed)
+        if isinstance(self.reward, LearnedReward):
+            self.reward.check_team(self.team.size, rows, cfg.episodes_per_update)
+        self.local = NATVecEnv(self.core, cfg.seed, row_offset=shard.rank * rows)  # this process's rows
+        self.venv: NATVecEnv | ShardedVecEnv = (
+            self.local if self.team.size == 1 else ShardedVecEnv(self.local, self.team)
+        )
+        if self.team.is_leader:
+            check_rollout_memory(self.core.form.bytes_per_observation * cfg.n_steps * cfg.num_envs, cfg)
+        self.monitor = wrap_vec_env(self.venv, cfg.action_cost)
+        self.model = make_ppo(self.monitor, cfg, device)  # the learner (a replica off the leader)
+        self.evaluator = PolicyEvaluator(self.core, cfg.eval_episodes, cfg.eval_seed, shard)
         self.selection = self._fid_selection() if cfg.select_fid else None
         self.resumed = False
         self.rows_reseeded = False  # set by restore() from a checkpoint of another device kind
         self._digests: tuple[str, str] | None = None
         self._writer: SummaryWriter | None = None
+        self._saved_rows: tuple[list[Tensor], Tensor, int] | None = None  # restore(): this process's
+        for name, handler in (
+            ("reward.round", self._reward_round),
+            ("policy.evaluate", self._evaluate_here),
+            ("env.row_states", self._row_states),
+            ("env.restore", self._restore_rows),
+        ):
+            self.team.register(name, handler)
+
+    def _rows_per_process(self) -> int:
+        cfg, k = self.cfg, self.team.size
+        if cfg.num_envs % k:
+            raise ValueError(f"num-envs ({cfg.num_envs}) must be a multiple of the {k} processes")
+        rows = cfg.num_envs // k
+        for flag, n in (("eval-episodes", cfg.eval_episodes), ("select-fid", cfg.select_fid)):
+            if n and -(-n // rows) < k:
+                raise ValueError(
+                    f"--{flag} {n} gives fewer batches of {rows} rows than the {k} processes; raise it"
+                )
+        return rows
 
     def _fid_selection(self) -> FidSelection:
         cfg = self.cfg
         stats = Path(cfg.fid_reference) if cfg.fid_reference else None
         inception = Path(cfg.inception) if cfg.inception else None
         return world_selection(
-            self.core, cfg.env.world, cfg.select_fid, cfg.select_fid_seed, self.run_dir, stats, inception
+            self.core,
+            cfg.env.world,
+            cfg.select_fid,
+            cfg.select_fid_seed,
+            self.run_dir,
+            stats,
+            inception,
+            self.team.shard,
         )
 
     @property
@@ -108,18 +158,35 @@ class PolicyTrainer:
         return self._writer
 
     # -- the exported actor ------------------------------------------------------------
-    def actor(self) -> Actor:
-        """The actor (extractor + action head) as it is now, apart from SB3."""
+    def actor(self) -> Actor | ReleaseActor:
+        """The actor (extractor + action head) as it is now, apart from SB3: AdaNAT's network
+        when the run fine-tunes an AdaNAT policy (``init_policy``)."""
+        if self.cfg.init_policy is not None:
+            return release_actor_of(self.model).to(self.device).eval()
         with torch.random.fork_rng(devices=[]):  # building layers must not move the global RNG
             actor = Actor(self.core.form, self.cfg.extractor)
         actor.extractor.load_state_dict(sb3.actor_extractor(self.model).state_dict())
         actor.head.load_state_dict(sb3.action_head(self.model).state_dict())
         return actor.to(self.device).eval()
 
-    def meta(self) -> PolicyMeta:
-        """The exported policy's metadata (world, weights' digests, mapping, std now)."""
+    def meta(self) -> PolicyMeta | ReleaseMeta:
+        """The exported policy's metadata (world, weights' digests, mapping, std now); in AdaNAT's
+        format when the run fine-tunes an AdaNAT policy."""
         if self._digests is None:
             self._digests = (sha256_of(self.models.generator_file), sha256_of(self.models.tokenizer_file))
+        if self.cfg.init_policy is not None:
+            return release_meta(
+                self.model,
+                self.cfg.env.steps,
+                self.cfg.env.actions == "adanat-heuristic",
+                f"adanat train from {self.cfg.init_policy}",
+                world=self.cfg.env.world,
+                preset=self.models.preset.name,
+                generator_sha256=self._digests[0],
+                tokenizer_sha256=self._digests[1],
+                reuse=self.cfg.env.reuse,
+                exploration_std=std_at(self.cfg.std_schedule, sb3.rollouts_done(self.model)),
+            )
         return PolicyMeta(
             world=self.cfg.env.world,
             preset=self.models.preset.name,
@@ -135,7 +202,8 @@ class PolicyTrainer:
 
     # -- checkpoints -----------------------------------------------------------------
     def save(self) -> None:
-        """Write ``checkpoint/`` atomically, then the SB3 zip and the exported policy."""
+        """Write ``checkpoint/`` atomically, then the SB3 zip and the exported policy (with its
+        critic when in AdaNAT's format, so that it can start another ``--init-policy`` run)."""
         pol, model = self.model.policy, self.model
         state = {
             "num_timesteps": int(model.num_timesteps),
@@ -144,11 +212,8 @@ class PolicyTrainer:
             "episodes": int(model.num_timesteps // self.cfg.env.steps),
             "config": to_dict(self.cfg),
         }
-        rng = {
-            **global_rng_state(),
-            "rows": [g.get_state() for g in self.core.rngs],
-            "labels": self.core.labels.cpu(),
-        }
+        rows, labels = self.team.call("env.row_states")
+        rng = {**global_rng_state(), "rows": rows, "labels": labels}
         files: dict[str, Callable[[Path], None]] = {
             POLICY: lambda p: save_model(pol, str(p)),  # handles SB3's aliased extractor
             OPTIMIZER: lambda p: torch.save(sb3.optimizer(model).state_dict(), p),
@@ -165,7 +230,13 @@ class PolicyTrainer:
             zip_tmp.replace(self.run_dir / "sb3_model.zip")
         finally:
             zip_tmp.unlink(missing_ok=True)
-        export_policy(self.run_dir / "policy", self.actor(), self.meta())
+        actor, meta = self.actor(), self.meta()
+        if isinstance(meta, ReleaseMeta):
+            assert isinstance(actor, ReleaseActor)
+            critic = release_critic_of(self.model)
+            export_release_policy(self.run_dir / "policy", actor, replace(meta, critic=True), critic)
+        else:
+            export_policy(self.run_dir / "policy", actor, meta)
 
     def restore(self, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
         """Continue from ``checkpoint`` (default: :func:`find_checkpoint` of the run folder, which
@@ -191,24 +262,61 @@ class PolicyTrainer:
         if len(rows) != self.cfg.num_envs:
             n = self.cfg.num_envs
             raise CheckpointError(f"checkpoint file {folder / RNG} holds {len(rows)} row streams, not {n}")
-        self.venv.seed(self.cfg.seed)
-        self.monitor.reset()
-        if all(g.get_state().numel() == r.numel() for g, r in zip(self.core.rngs, rows, strict=True)):
-            for g, r in zip(self.core.rngs, rows, strict=True):
-                g.set_state(r)
-        else:  # saved on another kind of device: its generator states do not load here
-            seeds = np.random.SeedSequence([self.cfg.seed, ckpt.rollouts]).generate_state(len(rows))
-            self.core.seed([int(x) for x in seeds])
-            self.rows_reseeded = True
-        sb3.set_next_observation(model, self.core.set_labels(rng["labels"]))
+        start, n = self.local.row_offset, self.core.num_rows
+        self._saved_rows = (rows[start : start + n], rng["labels"][start : start + n], ckpt.rollouts)
+        if self.team.is_leader:  # the other processes put their rows back when it asks them
+            self.venv.seed(self.cfg.seed)
+            self.monitor.reset()
+            sb3.set_next_observation(model, self.team.call("env.restore"))
         set_global_rng_state(rng)
         self.resumed = True
         return state
 
+    def _restore_rows(self) -> dict[str, np.ndarray] | None:
+        """Every process: its rows' random streams and labels from the checkpoint; the leader
+        gets the observation of all rows."""
+        assert self._saved_rows is not None, "restore() first"
+        rows, labels, rollouts = self._saved_rows
+        if all(g.get_state().numel() == r.numel() for g, r in zip(self.core.rngs, rows, strict=True)):
+            for g, r in zip(self.core.rngs, rows, strict=True):
+                g.set_state(r)
+        else:  # saved on another kind of device: its generator states do not load here
+            seeds = np.random.SeedSequence([self.cfg.seed, rollouts]).generate_state(self.cfg.num_envs)
+            start = self.local.row_offset
+            self.core.seed([int(x) for x in seeds[start : start + self.core.num_rows]])
+            self.rows_reseeded = True
+        obs = self.core.set_labels(labels)
+        gathered = {k: self.team.gather(torch.from_numpy(v)).numpy() for k, v in obs.items()}
+        return gathered if self.team.is_leader else None
+
+    def _row_states(self) -> tuple[list[Tensor], Tensor]:
+        """Every process's row random streams and episode labels, in row order (for a checkpoint)."""
+        states = self.team.gather(torch.stack([g.get_state() for g in self.core.rngs]))  # (N, S)
+        labels = self.team.gather(self.core.labels.cpu())  # (N,)
+        return [r.clone() for r in states], labels
+
+    def _reward_update(self) -> RewardRound | None:
+        """What :class:`RewardRounds` runs after a rollout: the discriminator round on the
+        drained images in one process; under torchrun the team's data-parallel round."""
+        if self.team.size > 1:
+            return lambda _: self.team.call("reward.round")
+        return discriminator_round(self.reward) if isinstance(self.reward, LearnedReward) else None
+
+    def _reward_round(self) -> dict[str, float]:
+        """Every process: one round of the learned reward on its rows' images of the rollout
+        (data-parallel under torchrun); empties its record of finished episodes."""
+        finished = self.local.drain_finished()
+        if not isinstance(self.reward, LearnedReward) or not finished:
+            return {}
+        images = torch.cat([f.images for f in finished if f.images is not None])  # (E, 3, H, W)
+        labels = torch.cat([f.labels for f in finished])  # (E,)
+        return self.reward.update(images, labels, TeamRows(self.team, self.core.num_rows))
+
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, updates: int) -> dict[str, float]:
-        """Held-out rewards of the policy and its base (and FID selection when on); logs them."""
-        result = self.evaluator.run(self.actor(), self.meta())
+        """Held-out rewards of the policy and its base (and FID selection when on), by every
+        process of the team; the leader logs them."""
+        result, fid = self.team.call("policy.evaluate")
         step = int(self.model.num_timesteps)
         writer = self.writer
         writer.add_scalar("eval/reward_policy", result.policy_reward, step)
@@ -217,8 +325,7 @@ class PolicyTrainer:
         writer.add_figure("eval/schedule", result.figure(), step)
         out = {"policy": result.policy_reward, "base": result.base_reward}
         line = f"eval at update {updates}: reward {result.policy_reward:.4f} (base {result.base_reward:.4f})"
-        if self.selection is not None:
-            fid = self.selection.score(self.actor(), self.meta(), updates, step // self.cfg.env.steps)
+        if fid is not None:
             writer.add_scalar("eval/fid_policy", fid.fid, step)
             writer.add_scalar("eval/fid_best", fid.best_fid, step)
             writer.add_scalar("eval/fid_base", fid.base_fid, step)
@@ -227,6 +334,30 @@ class PolicyTrainer:
         writer.flush()
         print(line, flush=True)
         return out
+
+    def _evaluate_here(self) -> tuple[EvalResult, FidScore | None]:
+        """Every process: the leader's policy now (copied to the others), its share of the
+        held-out episodes and of the FID selection images; every process gets the results."""
+        model, team = self.model, self.team
+        team.broadcast_module(model.policy)
+        timesteps = team.broadcast(torch.tensor([model.num_timesteps]) if team.is_leader else None)
+        model.num_timesteps = int(timesteps[0])
+        actor, meta = self.actor(), self.meta()
+        result = self.evaluator.run(actor, meta)
+        fid = None
+        if self.selection is not None:
+            step = int(model.num_timesteps)
+            fid = self.selection.score(actor, meta, sb3.rollouts_done(model), step // self.cfg.env.steps)
+        return result, fid
+
+    def serve(self) -> None:
+        """A process other than the leader: carry out the leader's operations until it is done
+        (Ctrl-C is the leader's to handle)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.team.serve()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     # -- the run ---------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -247,7 +378,7 @@ class PolicyTrainer:
         writer = self.writer
         total = cfg.updates * cfg.episodes_per_update * steps
         remaining = max(total - int(self.model.num_timesteps), 0)
-        rounds = RewardRounds(self.venv, self.reward, writer)
+        rounds = RewardRounds(self.venv, self._reward_update(), writer)
         stop = StopOnSignal(self.save)
         done = int(self.model.num_timesteps) // steps
         with StepProgress(
@@ -292,6 +423,31 @@ class PolicyTrainer:
         if (final / STATE).is_file():
             return f"the last good checkpoint is in {final}"
         return "no checkpoint was saved before (nothing to resume)"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_rollout_memory(needed: int, cfg: PolicyTraining) -> None:
+    """Refuse a run whose rollout buffer (SB3 keeps every observation of a rollout in host
+    memory, in the observation form's dtype) cannot fit in the memory available now."""
+    free = available_memory()
+    if free is None or needed <= free:
+        return
+    gib = 2.0**30
+    raise ValueError(
+        f"the rollout buffer of {cfg.episodes_per_update} episodes x {cfg.env.steps} steps needs "
+        f"{needed / gib:.1f} GiB of host memory and {free / gib:.1f} GiB are available; use "
+        "--observation compact (8x smaller than full) or fewer --episodes-per-update"
+    )
 
 
 class _names_file:

@@ -8,16 +8,18 @@ from typing import Any
 import gymnasium as gym
 
 from adanat.envs.action_cost import ActionCost
-from adanat.envs.actions import ActionMapping
+from adanat.envs.actions import ActionMap, ActionMapping, ReleaseActionMapping
 from adanat.envs.core import Finished, NATCore
 from adanat.envs.nat_env import NATEnv
 from adanat.envs.observation import ObservationForm
+from adanat.envs.sharded import ShardedVecEnv
 from adanat.envs.spec import EnvConfig, build_core
-from adanat.envs.vec_env import NATVecEnv, make_vec_env
+from adanat.envs.vec_env import NATVecEnv, make_vec_env, wrap_vec_env
 from adanat.presets import world_names
 
 __all__ = [
     "ActionCost",
+    "ActionMap",
     "ActionMapping",
     "EnvConfig",
     "Finished",
@@ -25,9 +27,12 @@ __all__ = [
     "NATEnv",
     "NATVecEnv",
     "ObservationForm",
+    "ReleaseActionMapping",
+    "ShardedVecEnv",
     "build_core",
     "make_env",
     "make_vec_env",
+    "wrap_vec_env",
 ]
 
 

@@ -6,11 +6,11 @@ An episode generates one image in ``T`` NAT steps with the frozen generator, dri
 (unless labels are given) and all sampling noise, so a row's episode does not depend on the
 other rows.
 
-Per :meth:`NATCore.step`: the actions ``(N, 4)`` become step controls through the
-:class:`~adanat.envs.actions.ActionMapping`; the sampler samples and re-masks, then runs ONE
-guided (conditional + unconditional) batched forward that prepares the next observation. At the
-last step every image is decoded and scored at once, and the rows start new episodes (whose
-first forward is the next observation).
+Per :meth:`NATCore.step`: the actions ``(N, 4)`` become step controls through the action mapping
+(:class:`~adanat.envs.actions.ActionMapping`, or AdaNAT's own); the sampler samples and re-masks,
+then runs ONE guided (conditional + unconditional) batched forward that prepares the next
+observation. At the last step every image is decoded and scored at once, and the rows start new
+episodes (whose first forward is the next observation).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adanat.envs.actions import ActionMapping
+from adanat.envs.actions import ActionMap
 from adanat.envs.observation import ObservationForm
 from adanat.rewards.base import Reward
 from adanat.rng import row_rngs
@@ -32,7 +32,7 @@ from adanat.sampling import Episode, NATSampler
 class Finished:
     """Episodes that ended at one step: everything the training glue and the reward need."""
 
-    images: Tensor  # (N, 3, H, W) in [0, 1]
+    images: Tensor | None  # (N, 3, H, W) in [0, 1]; None on a leader's record of all processes' rows
     labels: Tensor  # (N,)
     rewards: Tensor  # (N,)
     controls: Tensor  # (N, T, 4) controls used, CONTROL_NAMES order
@@ -62,7 +62,7 @@ class NATCore:
         self,
         sampler: NATSampler,
         reward: Reward,
-        mapping: ActionMapping,
+        mapping: ActionMap,
         observation: str,
         num_rows: int,
         labels: Tensor | None = None,

@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from adanat.envs.core import NATCore
 
@@ -16,7 +15,8 @@ class NATEnv(gym.Env):
     """One generation episode at a time (a :class:`NATCore` with one row).
 
     Observation: ``{"features": (tokens, D), "step": Discrete(T)}``. Action: ``Box(-1, 1, (4,))``,
-    a residual on the base schedule. Reward: 0 until the last step, then the reward of the image.
+    a residual on the base schedule (with AdaNAT's mapping, its raw actions in a wider box).
+    Reward: 0 until the last step, then the reward of the image.
     ``reset(seed=s)`` makes the episodes equal to row ``i`` of a :class:`NATVecEnv` seeded with
     ``s - i``. ``options={"label": k}`` fixes the next episode's class.
     """
@@ -29,7 +29,7 @@ class NATEnv(gym.Env):
         self.core = core
         self.render_mode = render_mode
         self.observation_space = core.form.space()
-        self.action_space = spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
+        self.action_space = core.mapping.action_space()
         self._last_image: np.ndarray | None = None
         self._started = False  # the core holds a fresh episode that no reset() has returned
 

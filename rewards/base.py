@@ -6,6 +6,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from adanat.team import TeamRows
+
 
 @runtime_checkable
 class Reward(Protocol):
@@ -20,11 +22,17 @@ class Reward(Protocol):
 class LearnedReward(Reward, Protocol):
     """A reward that learns during policy training (a discriminator).
 
-    ``update`` is called between rollouts with the policy's latest finished images; the reward
-    draws its own real images. Its state is saved with the run.
+    ``update`` is called between rollouts with the policy's latest finished images (under
+    torchrun: this process's share, with ``rows`` saying where the others are); the reward draws
+    its own real images. Its state is saved with the run.
     """
 
-    def update(self, fake: Tensor, labels: Tensor) -> dict[str, float]: ...
+    def update(self, fake: Tensor, labels: Tensor, rows: TeamRows | None = None) -> dict[str, float]: ...
+
+    def check_team(self, processes: int, rows: int, episodes: int) -> None:
+        """Raise ``ValueError`` if ``processes`` holding ``rows`` rows each (``episodes`` a
+        rollout) cannot train this reward as one process would."""
+        ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

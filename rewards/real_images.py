@@ -12,9 +12,15 @@ from adanat.worlds.shapes import ShapesDataset
 
 
 class RealImages(Protocol):
-    """Draws ``n`` real images ``(n, 3, H, W)`` in [0, 1] with their labels ``(n,)``."""
+    """Draws ``n`` real images ``(n, 3, H, W)`` in [0, 1] with their labels ``(n,)``.
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]: ...
+    With ``keep`` (a ``(n,)`` mask) the draws of all ``n`` are made, so the random stream moves
+    as without it, but only the kept images are loaded and returned (a process's share of a
+    data-parallel minibatch)."""
+
+    def sample(
+        self, n: int, generator: torch.Generator, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]: ...
 
 
 class ShapesReal:
@@ -24,13 +30,15 @@ class ShapesReal:
         self.dataset = ShapesDataset(split, size)
         self._cache: dict[int, tuple[Tensor, int]] = {}
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, len(self.dataset), (n,), generator=generator).tolist()
+    def sample(self, n: int, generator: torch.Generator, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(self.dataset), (n,), generator=generator)  # (n,)
         items = []
-        for i in idx:
+        for i in (idx if keep is None else idx[keep]).tolist():
             if i not in self._cache:
                 self._cache[i] = self.dataset[i]
             items.append(self._cache[i])
+        if not items:
+            return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
@@ -53,10 +61,14 @@ class ImageFolderReal:
         )
         self.dataset = datasets.ImageFolder(str(root), transform=tf)
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, len(self.dataset), (n,), generator=generator).tolist()
-        items = [self.dataset[i] for i in idx]
-        images = torch.stack([x for x, _ in items])  # (n, 3, H, W)
+    def sample(self, n: int, generator: torch.Generator, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(self.dataset), (n,), generator=generator)  # (n,)
         flip = torch.rand(n, generator=generator) < 0.5  # (n,) horizontal flips, as in training
+        if keep is not None:
+            idx, flip = idx[keep], flip[keep]
+        items = [self.dataset[i] for i in idx.tolist()]
+        if not items:
+            return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64)
+        images = torch.stack([x for x, _ in items])  # (k, 3, H, W)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         return images, torch.tensor([y for _, y in items])

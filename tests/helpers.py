@@ -83,3 +83,24 @@ def tiny_model_args(folder: Path) -> list[str]:
         "--tokenizer",
         str(folder / "tok.safetensors"),
     ]
+
+
+def adanat_policy_checkpoint(
+    path: Path, in_channels: int, hidden: int = 32, grid: int = 8, seed: int = 0, critic: bool = True
+) -> None:
+    """An AdaNAT policy checkpoint in the release's form (``{'model': ...}`` with
+    ``policy_old.actor.*``, ``policy_old.critic.*`` when ``critic``, and the ``policy.*`` copies)
+    sized for a generator of width ``in_channels`` on a ``grid`` x ``grid`` token grid, every
+    tensor random and small (seeded)."""
+    from adanat.agents.adanat_policy import ReleaseActor
+
+    gen = torch.Generator().manual_seed(seed)
+    model: dict[str, torch.Tensor] = {}
+    for name, out in (("actor", 4), ("critic", 1))[: 2 if critic else 1]:
+        with torch.random.fork_rng(devices=[]):
+            net = ReleaseActor(in_channels, hidden, grid, out)
+        for k, v in net.state_dict().items():
+            value = torch.randn(v.shape, generator=gen) * (0.05 if v.dim() > 1 else 0.02)
+            model[f"policy_old.{name}.{k}"] = value
+            model[f"policy.{name}.{k}"] = value.clone()
+    torch.save({"model": model, "step": 1000}, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,46 @@ def test_uvit_cost_counts_the_whole_sequence_every_step(capsys):
     qkv_per_token = 2 * cfg.width * 3 * cfg.width  # one block's qkv projection, per token
     tokens = 2 * 8 * (cfg.seq_len + 1)  # both branches, 8 steps, the class token included
     assert count.of("UViTNAT.in_blocks.0.attn.qkv") == tokens * qkv_per_token
+
+
+def _shares(block: str) -> dict[str, tuple[float, float]]:
+    """``{phase: (seconds, share %)}`` of one breakdown table (its lines up to ``total`` included)."""
+    out = {}
+    for line in block.splitlines()[1:]:
+        m = re.fullmatch(r"(.+?)\s+([\d.]+) \(\s*([\d.]+)%\)", line.strip())
+        assert m, line
+        out[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+        if m.group(1) == "total":
+            return out
+    raise AssertionError("no total line")
+
+
+@pytest.mark.e2e
+def test_training_benchmark_quick():
+    """The real training step (shipped shapes weights) against bare generation: the table is sane."""
+    script = SCRIPT.parent / "training.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "torch" in lines[0] and "threads" in lines[0]
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["row", "episodes/update"])
+    row = lines[head + 1].split()
+    assert row[:4] == ["1", "16", "8", "256"] and row[4] == "float32"
+    loop, bare, ratio = (float(v) for v in row[-3:])
+    assert loop > 0 and bare > 0 and 0 < ratio <= 2
+    assert ratio == pytest.approx(loop / bare, abs=0.01)
+    text = out.stdout
+    phases = _shares(text[text.index("loop, s per update (share)") :])
+    assert {"generator forwards", "policy forwards", "PPO backward + loss", "discriminator round"} <= set(
+        phases
+    )
+    assert {"evaluation", "FID selection", "checkpoint"} <= set(phases)
+    total = phases.pop("total")[0]
+    assert sum(share for _, share in phases.values()) == pytest.approx(100, abs=1.0)
+    assert sum(s for s, _ in phases.values()) == pytest.approx(total, rel=0.01, abs=0.005)
+    assert total == pytest.approx(16 / loop, rel=0.02)  # episodes per update / episodes per second
+    bare_phases = _shares(text[text.index("bare, s per update (share)") :])
+    assert bare_phases.pop("total")[0] == pytest.approx(16 / bare, rel=0.02)
+    assert sum(share for _, share in bare_phases.values()) == pytest.approx(100, abs=1.0)

@@ -88,7 +88,7 @@ def test_pinned_sb3_version():
 def test_only_the_sb3_module_touches_sb3_internals():
     private = re.compile(
         r"\._n_updates|\._last_obs|\._last_episode_starts|\.log_std\b|\.action_net\b|"
-        r"pi_features_extractor|name_to_value|output_formats|\.locals\["
+        r"pi_features_extractor|vf_features_extractor|\.value_net\b|name_to_value|output_formats|\.locals\["
     )
     for path in sorted(AGENTS.glob("*.py")):
         if path.name == "sb3.py":
@@ -156,6 +156,25 @@ def test_action_head_and_actor_extractor_are_the_actors():
         extractor.fc2.weight.add_(noise)  # the actor's extractor, not the critic's
         assert not torch.allclose(model.policy.get_distribution(obs).distribution.mean, mean)
         assert torch.equal(model.policy.predict_values(obs), value)
+
+
+def test_value_head_and_critic_extractor_are_the_critics():
+    model = toy_ppo()
+    head, extractor = sb3.value_head(model), sb3.critic_extractor(model)
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 1
+    assert isinstance(extractor, AdaNATExtractor) and extractor is not sb3.actor_extractor(model)
+    obs = _obs(model)
+    with torch.no_grad():
+        mean = model.policy.get_distribution(obs).distribution.mean
+        head.weight.zero_()
+        head.bias.fill_(0.75)
+        torch.testing.assert_close(model.policy.predict_values(obs), torch.full((ENVS, 1), 0.75))
+        head.weight.fill_(0.1)
+        value = model.policy.predict_values(obs)
+        noise = torch.randn(extractor.fc2.weight.shape, generator=torch.Generator().manual_seed(0))
+        extractor.fc2.weight.add_(noise)  # the critic's extractor, not the actor's
+        assert not torch.allclose(model.policy.predict_values(obs), value)
+        assert torch.equal(model.policy.get_distribution(obs).distribution.mean, mean)
 
 
 def test_optimizer_holds_the_trainable_parameters():

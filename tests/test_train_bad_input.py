@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_enat, tiny_model_args
+from helpers import adanat_policy_checkpoint, random_enat, tiny_model_args
 from safetensors.torch import load_file, save_file
 
 from adanat.agents.config import PolicyTraining
@@ -47,7 +47,11 @@ def _listing(folder: Path) -> dict[str, tuple[int, int] | None]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """Tiny weights, a finished one-update run with a checkpoint, and folders in the way."""
+    """Tiny weights, a finished one-update run with a checkpoint, folders in the way, and two
+    imported AdaNAT policies (T=2): ``adanat`` for the tiny generator (64 features on 8x8),
+    ``adanat-w32`` for one of width 32."""
+    from adanat.cli import main
+
     d = tmp_path_factory.mktemp("inputs")
     preset = model_preset("tiny")
     save_file(random_enat(preset.generator).state_dict(), str(d / "gen.safetensors"))
@@ -61,6 +65,19 @@ def inputs(tmp_path_factory) -> Path:
     (d / "afile").write_text("x")
     (d / "busy").mkdir()
     (d / "busy" / "notes.txt").write_text("mine")
+    for name, width in (("adanat", 64), ("adanat-w32", 32)):
+        adanat_policy_checkpoint(d / f"{name}.pth", in_channels=width, hidden=32, grid=8)
+        args = [
+            "import-policy",
+            str(d / f"{name}.pth"),
+            "--out",
+            str(d / name),
+            "--steps",
+            "2",
+            "--grid",
+            "8",
+        ]
+        assert main(args) == 0
     return d
 
 
@@ -217,6 +234,56 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ("resume-rng", ["--resume", "{run}"], "checkpoint/rng.pt is unreadable", _truncate("rng.pt")),
     ("resume-rng-key", ["--resume", "{run}"], "checkpoint/rng.pt is missing key(s) labels", _drop_rng_key),
     ("resume-reward", ["--resume", "{run}"], "checkpoint/reward.pt is unreadable", _truncate("reward.pt")),
+    (
+        "init-policy-compact",
+        ["--init-policy", "{d}/adanat", "--steps", "2", "--observation", "compact"],
+        "--init-policy {d}/adanat reads the generator's full features (AdaNAT's observation); "
+        "--observation compact does not give them",
+        None,
+    ),
+    (
+        "init-policy-steps",
+        ["--init-policy", "{d}/adanat", "--steps", "4"],
+        "--init-policy {d}/adanat acts for T=2; pass --steps 2 (not 4)",
+        None,
+    ),
+    (
+        "init-policy-width",
+        ["--init-policy", "{d}/adanat-w32", "--steps", "2"],
+        "--init-policy {d}/adanat-w32 reads 32 features on a 8x8 grid; preset tiny gives 64 on 8x8",
+        None,
+    ),
+    (
+        "init-policy-ours",
+        ["--init-policy", "{run}/policy", "--steps", "2"],
+        "--init-policy {run}/policy holds a policy of format 'adanat-policy/1'; it takes AdaNAT's format",
+        None,
+    ),
+    (
+        "init-policy-missing",
+        ["--init-policy", "{d}/nowhere"],
+        "--init-policy {d}/nowhere is not a policy folder (no policy.json; make one with adanat "
+        "import-policy)",
+        None,
+    ),
+    (
+        "init-policy-action-cost",
+        ["--init-policy", "{d}/adanat", "--steps", "2", "--action-cost", "0.1"],
+        "--action-cost is a distance from the base schedule; --init-policy {d}/adanat acts with none",
+        None,
+    ),
+    (
+        "init-policy-action-scale",
+        ["--init-policy", "{d}/adanat", "--steps", "2", "--action-scale", "2"],
+        "--action-scale scales the residual actions; --init-policy {d}/adanat acts with AdaNAT's raw ones",
+        None,
+    ),
+    (
+        "init-policy-resume",
+        ["--resume", "{run}", "--init-policy", "{d}/adanat"],
+        "--resume continues with the run's saved settings; --init-policy cannot change with it",
+        None,
+    ),
 ]
 
 
@@ -235,6 +302,7 @@ E2E = {
     "run-dir-holds-a-run",
     "resume-policy",
     "resume-reward",
+    "init-policy-compact",
 }
 
 

@@ -17,12 +17,13 @@ from typing import NoReturn
 
 import torch
 
-from adanat.assets import sha256_of
+from adanat.assets import AssetError, sha256_of
 from adanat.checkpoints import CheckpointError
 from adanat.configs import Flag, add_flags
 from adanat.errors import first_line
 from adanat.metrics import FeatureSpace, MetricsError, Reference, ReferenceRequest, inception_feature_space
 from adanat.outputs import OutputError, check_writable
+from adanat.policies import builtin_policy_names, policy_folder
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
 from adanat.rng import Rngs
@@ -151,8 +152,9 @@ def generation_options() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy",
         default="enat",
-        help=f"built-in schedule ({', '.join(builtin_schedule_names())}), a schedule JSON path, "
-        "or an exported policy folder (RUN_DIR/policy)",
+        help=f"built-in schedule ({', '.join(builtin_schedule_names())}), a schedule JSON path, a "
+        f"shipped learned policy ({', '.join(builtin_policy_names()) or 'none yet'}) or an exported "
+        "policy folder (RUN_DIR/policy)",
     )
     p.add_argument("--stochastic", action="store_true", help="sample a policy's actions (default: its mean)")
     p.add_argument(
@@ -213,8 +215,21 @@ class Target:
 
 
 def is_policy_folder(policy: str) -> bool:
-    """A folder is an exported learned policy (``RUN_DIR/policy``); anything else names a schedule."""
-    return Path(policy).is_dir()
+    """A shipped learned policy's name or a folder (an exported ``RUN_DIR/policy``) names a
+    learned policy; anything else names a schedule."""
+    return policy in builtin_policy_names() or Path(policy).is_dir()
+
+
+def policy_path(policy: str) -> Path:
+    """The folder of the learned policy ``--policy`` names (a shipped one is checked against
+    its manifest first)."""
+    try:
+        folder = policy_folder(policy)
+    except AssetError as e:
+        raise UsageError(str(e)) from None
+    if folder is None:
+        raise UsageError(f"{policy} is not a policy folder")
+    return folder
 
 
 def schedule_of(args: argparse.Namespace, target: Target) -> Schedule | None:
@@ -238,12 +253,13 @@ def policy_controllers(
     if schedule is not None:
         controller = ScheduleController(schedule)
         return (lambda _rngs: controller), schedule.steps, {"schedule": schedule.to_dict()}
-    if _is_release_policy(Path(args.policy)):
-        return _release_controllers(args, models)
+    folder = policy_path(args.policy)
+    if _is_release_policy(folder):
+        return _release_controllers(args, models, folder)
     from adanat.agents.export import PolicyController, PolicyError, load_policy
 
     try:
-        actor, meta = load_policy(Path(args.policy))
+        actor, meta = load_policy(folder)
     except PolicyError as e:
         raise UsageError(str(e)) from None
     where = f"policy {args.policy} was trained"
@@ -277,7 +293,7 @@ def _is_release_policy(folder: Path) -> bool:
 
 
 def _release_controllers(
-    args: argparse.Namespace, models: LoadedModels
+    args: argparse.Namespace, models: LoadedModels, folder: Path
 ) -> tuple[Callable[[Rngs], Controller], int, dict[str, object]]:
     """An imported AdaNAT policy (``adanat import-policy``), checked against the generator."""
     from adanat.agents.adanat_policy import ReleasePolicyController, load_release_policy
@@ -287,7 +303,7 @@ def _release_controllers(
             "--stochastic is not supported for an imported AdaNAT policy (it acts with its mean)"
         )
     try:
-        actor, meta = load_release_policy(Path(args.policy))
+        actor, meta = load_release_policy(folder)
     except Exception as e:  # safetensors errors derive from Exception only
         raise UsageError(f"{args.policy} is not a readable imported policy ({first_line(e)})") from None
     gen, steps = models.generator, int(meta["steps"])
@@ -298,6 +314,14 @@ def _release_controllers(
         )
     if args.steps not in (None, steps):
         raise UsageError(f"policy {args.policy} was imported for --steps {steps}, not {args.steps}")
+    where = f"policy {args.policy} was trained"  # fine-tuned by adanat train: made for these weights
+    if meta.get("generator_sha256") not in (None, sha256_of(models.generator_file)):
+        raise UsageError(f"{where} with another generator than {models.generator_file}")
+    if meta.get("tokenizer_sha256") not in (None, sha256_of(models.tokenizer_file)):
+        raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
+    if meta.get("reuse") not in (None, args.reuse):
+        flag = "--reuse" if meta["reuse"] else "--no-reuse"
+        raise UsageError(f"{where} with feature reuse {'on' if meta['reuse'] else 'off'}; pass {flag}")
     controller = ReleasePolicyController(
         actor.to(next(gen.parameters()).device), steps, bool(meta["heuristic"])
     )

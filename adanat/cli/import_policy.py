@@ -5,6 +5,8 @@ writes ``policy.safetensors`` + ``policy.json``, which ``adanat sample/eval --po
 with AdaNAT's action mapping (sigmoid of the mask-ratio action, softplus of the others; with
 ``--heuristic``, the release's ``--heu 1`` residual on its hand-made schedule), its
 token-selection rule and its observation (the generator's full features and the step index).
+Its critic (``model['policy_old.critic.*']``), when the checkpoint has one, goes to
+``critic.safetensors``, the critic ``adanat train --init-policy DIR`` starts from.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the checkpoint, write the policy folder."""
-    from adanat.agents.adanat_policy import export_release_policy, load_release_actor
+    from adanat.agents.adanat_policy import (
+        ReleaseMeta,
+        export_release_policy,
+        load_release_actor,
+        load_release_critic,
+    )
     from adanat.assets import sha256_of
     from adanat.outputs import staged_dir
 
@@ -45,8 +52,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     check_writable(args.out, "--out")
     actor = load_release_actor(args.checkpoint, args.grid)
-    source = f"{args.checkpoint.name} (sha256 {sha256_of(args.checkpoint)}), model['policy_old.actor.*']"
+    critic = load_release_critic(args.checkpoint, args.grid)
+    if critic is not None and (critic.in_channels, critic.hidden) != (actor.in_channels, actor.hidden):
+        raise UsageError(f"{args.checkpoint}: its critic's sizes differ from its actor's")
+    keys = "model['policy_old.actor.*']" + (", model['policy_old.critic.*']" if critic else "")
+    source = f"{args.checkpoint.name} (sha256 {sha256_of(args.checkpoint)}), {keys}"
+    meta = ReleaseMeta(
+        actor.in_channels, actor.hidden, actor.grid, args.steps, args.heuristic, source, critic is not None
+    )
     with staged_dir(args.out) as stage:
-        export_release_policy(stage, actor, args.steps, args.heuristic, source)
-    print(f"wrote {args.out}: AdaNAT policy, features {actor.in_channels}, T={args.steps}")
+        export_release_policy(stage, actor, meta, critic)
+    with_critic = " and its critic" if critic is not None else ""
+    print(f"wrote {args.out}: AdaNAT policy{with_critic}, features {actor.in_channels}, T={args.steps}")
     return 0

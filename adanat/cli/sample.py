@@ -48,13 +48,21 @@ def parse_classes(text: str | None, target: common.Target, n: int) -> list[int]:
     return [classes[i % len(classes)] for i in range(n)]
 
 
+def _policy_name(policy: str) -> str:
+    """A learned policy's name in the default output folder: a shipped one's own name, else its
+    run folder's (``RUN_DIR/policy`` -> ``RUN_DIR``'s name)."""
+    if policy in common.builtin_policy_names():
+        return policy
+    return Path(policy).resolve().parent.name
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate images and write PNGs, a grid and ``samples.json``."""
     target = common.Target.of(args.preset)
     labels = parse_classes(args.classes, target, args.n)
     schedule = common.schedule_of(args, target)
     device = common.resolve_device(args.device)
-    name = Path(args.policy).stem if schedule is not None else Path(args.policy).resolve().parent.name
+    name = Path(args.policy).stem if schedule is not None else _policy_name(args.policy)
     out = args.out or Path("samples") / f"{args.preset}-{name}-seed{args.seed}"
     check_output_dir(out)
     check_writable(out, "--out")

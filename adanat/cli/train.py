@@ -5,6 +5,8 @@ Runs in ``--run-dir`` (checkpoints, exported ``policy/``, TensorBoard logs under
 may raise the total, ``--precision`` switches the compute precision). Ctrl-C saves at the end of
 the current PPO update and exits. At the end, the policy and its base schedule are scored on
 held-out seeds. Off a terminal, one plain progress line is printed per PPO update.
+``--init-policy DIR`` fine-tunes an AdaNAT-format policy (``adanat import-policy``) instead of
+training our network from its zero head; the run exports its policy in that format.
 
 Defaults marked "per world" come from the world's ``policy_training`` entry in
 ``adanat/data/presets.json`` and are resolved after parsing (:func:`resolve_world_defaults`).
@@ -14,10 +16,12 @@ Bad input ends with one line on stderr and exit code 2 before anything is writte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adanat.agents.callbacks import NonFiniteError
 from adanat.agents.checkpoint import Checkpoint, find_checkpoint, run_has_checkpoint
@@ -38,7 +42,11 @@ from adanat.envs.spec import EnvConfig
 from adanat.errors import first_line
 from adanat.outputs import check_writable
 from adanat.precision import PRECISIONS
-from adanat.presets import world_names, world_preset
+
+if TYPE_CHECKING:
+    from adanat.agents.trainer import PolicyTrainer
+    from adanat.distributed import Shard
+from adanat.presets import recipe, recipe_names, world_names, world_preset
 from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardError, RewardOptions, reward_names
 
@@ -48,6 +56,7 @@ __all__ = [
     "config_from_args",
     "main",
     "parse",
+    "resolve_init_policy",
     "resolve_world_defaults",
     "run",
 ]
@@ -101,7 +110,12 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             Flag("steps", ("--steps", "-T"), type=positive_int, help="generation steps T per image"),
             Flag("reward", choices=reward_names()),
             Flag("base", default_help="the world's AutoNAT baseline"),
-            Flag("observation", choices=["compact", "full"]),
+            Flag(
+                "observation",
+                choices=["compact", "full"],
+                default=None,
+                default_help="compact; full with --init-policy",
+            ),
             Flag("action_scale", type=finite_float),
             Flag(
                 "precision",
@@ -126,8 +140,19 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
                 default_help=f"{PolicyTraining.episodes}; with --resume the run's, a larger value extends it",
             ),
             Flag("num_envs", ("--num-envs", "--batch"), type=positive_int),
-            Flag("episodes_per_update", type=positive_int),
-            Flag("learning_rate", ("--lr",), type=finite_float),
+            Flag(
+                "episodes_per_update",
+                type=positive_int,
+                default=None,
+                default_help=f"{PolicyTraining.episodes_per_update}; the recipe's with --recipe",
+            ),
+            Flag(
+                "learning_rate",
+                ("--lr",),
+                type=finite_float,
+                default=None,
+                default_help=f"{PolicyTraining.learning_rate}; the recipe's with --recipe",
+            ),
             Flag(
                 "std_schedule",
                 ("--action-std",),
@@ -151,6 +176,13 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             ),
             Flag("fid_reference", help="fid_stats.npz (Inception mu/sigma) for --select-fid on in256/in512"),
             Flag("inception", help="torch-fidelity Inception-v3 weights (in256/in512; default: its cache)"),
+            Flag(
+                "init_policy",
+                metavar="DIR",
+                help="fine-tune this AdaNAT-format policy folder (adanat import-policy DIR): its actor and "
+                "critic, with AdaNAT's raw actions on the full observation; the generator's feature width "
+                "and grid and --steps must be the policy's",
+            ),
             Flag("save_every", type=positive_int),
             Flag("seed", type=seed_int),
         ],
@@ -184,6 +216,14 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             "clip_model",
             "clip_weights",
         ],
+    )
+    p.add_argument(
+        "--recipe",
+        choices=recipe_names(),
+        default=None,
+        help="a published recipe's settings for every option it names that is not given: adanat = "
+        "AdaNAT's ImageNet-256 PPO (4,096 episodes per update for 1,000 updates, lr 1e-5, std 0.6, 0.3 "
+        "from update 500, floor 0.1, 5 discriminator updates a round; no action cost or minibatch std)",
     )
     p.add_argument(
         "--run-dir",
@@ -221,11 +261,27 @@ def parse(argv: Sequence[str] | None = None, prog: str = "adanat train") -> argp
 
 def resolve_world_defaults(a: argparse.Namespace) -> argparse.Namespace:
     """The one place where per-world defaults are filled in: every option left at None takes
-    the value of the world's ``policy_training`` preset; FID selection stays off on a world
-    without shipped FID references unless ``--fid-reference`` is given."""
+    the value of ``--recipe`` when it names it (``--episodes``: the recipe's updates of
+    ``--episodes-per-update`` episodes), else of the world's ``policy_training`` preset; FID
+    selection stays off on a world without shipped FID references unless ``--fid-reference`` is
+    given."""
     world = world_preset(a.world)
     defaults = world.policy_training
     out = argparse.Namespace(**vars(a))
+    if out.recipe is not None:  # the recipe's settings where no flag was given
+        r = recipe(out.recipe)
+        for dest, value in (
+            ("episodes_per_update", r.episodes_per_update),
+            ("learning_rate", r.learning_rate),
+            ("std_schedule", r.action_std),
+            ("action_cost", r.action_cost),
+            ("updates_per_round", r.disc_updates),
+            ("minibatch_std", r.minibatch_std),
+        ):
+            if getattr(out, dest) is None:
+                setattr(out, dest, value)
+        if out.episodes is None:
+            out.episodes = r.updates * out.episodes_per_update
     for dest, name in (
         ("std_schedule", "action_std"),
         ("action_cost", "action_cost"),
@@ -240,14 +296,49 @@ def resolve_world_defaults(a: argparse.Namespace) -> argparse.Namespace:
     return out
 
 
+def resolve_init_policy(a: argparse.Namespace) -> argparse.Namespace:
+    """With ``--init-policy DIR``: the options that AdaNAT's policy implies (the full observation,
+    its actions, no action cost), after refusing those it cannot run with and a folder that does
+    not fit the generator or ``--steps`` (checked before any weights load); unchanged without it."""
+    if a.init_policy is None:
+        return a
+    from adanat.agents.finetune import check_fit, read_init_meta, release_actions
+    from adanat.weights import resolve_preset
+
+    folder = Path(a.init_policy)
+    meta = read_init_meta(folder)
+    where = f"--init-policy {folder}"
+    if a.action_cost not in (None, 0):
+        raise UsageError(f"--action-cost is a distance from the base schedule; {where} acts with none")
+    if a.action_scale != EnvConfig.action_scale:
+        raise UsageError(f"--action-scale scales the residual actions; {where} acts with AdaNAT's raw ones")
+    preset = resolve_preset(a.preset or a.world)[0]
+    gen = preset.generator
+    observation = a.observation or "full"
+    where_gen = f"preset {preset.name}"
+    check_fit(
+        meta,
+        folder,
+        width=gen.width,
+        grid=gen.grid,
+        steps=a.steps,
+        observation=observation,
+        generator=where_gen,
+    )
+    out = argparse.Namespace(**vars(a))
+    out.observation, out.action_cost, out.actions = observation, 0.0, release_actions(meta)
+    out.init_policy = str(folder.resolve())  # a resumed run finds it from any folder
+    return out
+
+
 def config_from_args(a: argparse.Namespace) -> PolicyTraining:
     """The :class:`PolicyTraining` of a new run from parsed options."""
     flags: TrainFlags = a.train_flags
-    a = resolve_world_defaults(a)
+    a = resolve_world_defaults(resolve_init_policy(a))
     disc = DiscriminatorTraining(**flags.disc.values(a), seed=a.seed)
     options = RewardOptions(discriminator=disc, **flags.reward.values(a))
     env_values = flags.env.values(a)
-    env = EnvConfig(**env_values)
+    env = EnvConfig(**env_values, actions=getattr(a, "actions", EnvConfig.actions))
     training = {k: v for k, v in flags.training.values(a).items() if k != "std_schedule"}
     cfg = PolicyTraining(env=replace(env, reward_options=options), **training)
     # shares of the run (P%) need its length, which the validated settings give
@@ -320,46 +411,67 @@ def _prepare(a: argparse.Namespace) -> tuple[PolicyTraining, Path, Checkpoint | 
 
 
 def run(a: argparse.Namespace) -> int:
-    """Train (or resume) and print the held-out results; returns the exit code."""
+    """Train (or resume) and print the held-out results; returns the exit code. Under
+    ``torchrun`` every process runs this: the settings are checked in each (the same way, so bad
+    input ends them all with 2), then rank 0 leads the run and the others serve it (only rank 0
+    prints and writes)."""
     from adanat.agents.trainer import PolicyTrainer
+    from adanat.distributed import Shard, close_shard, init_shard
+    from adanat.team import Team
 
     prog = getattr(a, "prog", "adanat train")
+    leader = os.environ.get("RANK", "0") == "0"
+
+    def say(line: str, err: bool = True) -> None:
+        if leader:
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+    shard, trainer = Shard(), None
     try:
         device = resolve_device(a.device)
         cfg, run_dir, ckpt = _prepare(a)
-        trainer = PolicyTrainer(cfg, run_dir, str(device), a.log_dir)
+        shard, device = init_shard(device)
+        trainer = PolicyTrainer(cfg, run_dir, str(device), a.log_dir, Team(shard, device))
         if ckpt is not None:
             state = trainer.restore(ckpt)
             if ckpt.folder.name != "checkpoint":
-                print(f"note: {run_dir / 'checkpoint'} is missing or damaged; resuming from {ckpt.folder}")
-            print(f"resuming {run_dir} at episode {state['episodes']} (update {state['rollouts']})")
+                missing = run_dir / "checkpoint"
+                say(f"note: {missing} is missing or damaged; resuming from {ckpt.folder}", False)
+            say(f"resuming {run_dir} at episode {state['episodes']} (update {state['rollouts']})", False)
             if trainer.rows_reseeded:
-                print(
+                say(
                     "note: the checkpoint's environment random streams come from another kind of device; "
-                    "they are re-seeded, so the run goes on, though not bit for bit as it would have there"
+                    "they are re-seeded, so the run goes on, though not bit for bit as it would have there",
+                    False,
                 )
+        if not shard.is_main:
+            return _serve(trainer, prog)
     except NonFiniteError as e:
-        print(f"{prog}: stopped: {e}", file=sys.stderr)
-        return 1
+        say(f"{prog}: stopped: {e}")
+        return _ended(1, trainer, shard)
     except BAD_INPUT as e:  # refused before any training: nothing of the run was written
-        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
-        return 2
+        say(f"{prog}: error: {first_line(e)}")
+        return _ended(2, trainer, shard)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        say(f"{prog}: interrupted")
+        return _ended(130, trainer, shard)
+    finally:
+        if not shard.is_main and not (trainer is not None and trainer.team.broken):
+            close_shard(shard)
     try:
         result = trainer.train()
     except NonFiniteError as e:
-        print(f"{prog}: stopped: {e}", file=sys.stderr)
-        return 1
+        say(f"{prog}: stopped: {e}")
+        return _ended(1, trainer, shard)
     except (OSError, RuntimeError, ValueError) as e:  # failed while training: not bad input
-        print(f"{prog}: failed: {first_line(e)}; the last checkpoint is in {run_dir}", file=sys.stderr)
-        return 1
+        say(f"{prog}: failed: {first_line(e)}; the last checkpoint is in {run_dir}")
+        return _ended(1, trainer, shard)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted at once (second Ctrl-C); the last checkpoint stands", file=sys.stderr)
-        return 130
+        say(f"{prog}: interrupted at once (second Ctrl-C); the last checkpoint stands")
+        return _ended(130, trainer, shard)
+    _ended(0, trainer, shard)
     if not result:
-        print(f"interrupted: saved in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
+        say(f"interrupted: saved in {run_dir}; continue with --resume {run_dir}")
         return 130
     print(f"held-out mean reward ({cfg.eval_episodes} images, seed {cfg.eval_seed}):")
     print(f"  base schedule  {result['base']:.4f}")
@@ -371,6 +483,30 @@ def run(a: argparse.Namespace) -> int:
         print(f"  final policy   {result['fid_policy']:.3f}")
         print(f"  best policy    {result['fid_best']:.3f}  (exported to {run_dir / 'best'}, see best.json)")
     print(f"policy exported to {run_dir / 'policy'}; TensorBoard: tensorboard --logdir {trainer.log_dir}")
+    return 0
+
+
+def _ended(code: int, trainer: PolicyTrainer | None, shard: Shard) -> int:
+    """The leader releases the other processes and leaves the process group; returns ``code``.
+    After an operation failed part-way the others are inside it: they end with the leader."""
+    from adanat.distributed import close_shard
+
+    if shard.is_main and not (trainer is not None and trainer.team.broken):
+        if trainer is not None:
+            trainer.team.stop()
+        close_shard(shard)
+    return code
+
+
+def _serve(trainer: PolicyTrainer, prog: str) -> int:
+    """A process other than the leader serves the run; 0 when the leader released it, 1 when the
+    run broke off (the leader, which reports the cause, ended; or this process failed)."""
+    rank = trainer.team.shard.rank
+    try:
+        trainer.serve()
+    except Exception as e:  # one line, not a traceback per process
+        print(f"{prog} (rank {rank}): stopped: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
