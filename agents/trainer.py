@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -466,6 +467,9 @@ class _names_file:
         raise CheckpointError(f"checkpoint file {self.path} {self.what} ({text})") from None
 
 
+SAME_CTRL_C = 2.0  # seconds within which a second SIGINT counts as the first
+
+
 class StopOnSignal(BaseCallback):
     """Ctrl-C asks the run to stop: at the next consistent point (the start of a rollout,
     after a PPO update) it saves and ends training. A second Ctrl-C stops at once."""
@@ -474,12 +478,16 @@ class StopOnSignal(BaseCallback):
         super().__init__()
         self.save_fn = save
         self.requested = self.stopped = False
+        self._first = 0.0
 
     def request(self, signum: int, frame: object) -> None:
-        """The SIGINT handler."""
-        if self.requested:
+        """The SIGINT handler. A second signal within :data:`SAME_CTRL_C` seconds is the same
+        Ctrl-C (torchrun passes the terminal's on to its processes as well)."""
+        now = time.monotonic()
+        if self.requested and now - self._first > SAME_CTRL_C:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, now
 
     def _on_rollout_start(self) -> None:
         if self.requested and not self.stopped:
