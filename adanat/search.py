@@ -30,7 +30,7 @@ from typing import Any
 
 from adanat.outputs import write_text_atomic
 from adanat.precision import check_precision
-from adanat.schedules import Schedule, cosine_schedule
+from adanat.schedules import SELECTION_RULES, Schedule, cosine_schedule
 
 RATIO_MAX = 0.99
 FLOOR = 1e-4
@@ -63,6 +63,9 @@ class SearchConfig:
     :param name: name of the searched schedule.
     :param precision: the sampler's precision while searching (FIDs depend on it).
     :param reuse: the sampler's feature reuse while searching.
+    :param rule: the token-selection rule the schedule is searched for and keeps: ``enat`` (ours),
+        ``autonat`` or ``adanat`` (the releases', ``adanat.sampling.select_tokens``); AutoNAT's
+        own searches ran with ``autonat``.
     """
 
     steps: int = 8
@@ -77,6 +80,7 @@ class SearchConfig:
     name: str = "autonat"
     precision: str = "float32"
     reuse: bool = True
+    rule: str = "enat"
 
     def __post_init__(self) -> None:
         if self.steps < 2 or self.updates < 1 or self.samples < 2 or self.seed < 0:
@@ -90,6 +94,8 @@ class SearchConfig:
             check_precision(self.precision)
         except ValueError as e:
             raise SearchError(str(e)) from None
+        if self.rule not in SELECTION_RULES:
+            raise SearchError(f"unknown token-selection rule {self.rule!r} ({', '.join(SELECTION_RULES)})")
 
 
 def parameter_names(steps: int) -> list[str]:
@@ -108,8 +114,9 @@ def schedule_to_vector(schedule: Schedule) -> list[float]:
     ]
 
 
-def vector_to_schedule(theta: list[float], steps: int, name: str) -> Schedule:
-    """The schedule of a parameter vector (the last step's ratio and re-masking noise are 0)."""
+def vector_to_schedule(theta: list[float], steps: int, name: str, rule: str = "enat") -> Schedule:
+    """The schedule of a parameter vector (the last step's ratio and re-masking noise are 0),
+    for token-selection rule ``rule``."""
     t = steps
     r, m = theta[: t - 1], theta[t - 1 : 2 * t - 2]
     s, g = theta[2 * t - 2 : 3 * t - 2], theta[3 * t - 2 :]
@@ -119,6 +126,7 @@ def vector_to_schedule(theta: list[float], steps: int, name: str) -> Schedule:
         remask_temp=(*m, 0.0),
         sampling_temp=tuple(s),
         guidance=tuple(g),
+        rule=rule,
     )
 
 
@@ -213,7 +221,7 @@ def run_search(
     n_ratio = cfg.steps - 1
 
     def measure(theta: list[float], what: str) -> float:
-        value = fid(vector_to_schedule(theta, cfg.steps, cfg.name))
+        value = fid(vector_to_schedule(theta, cfg.steps, cfg.name, cfg.rule))
         if not math.isfinite(value):
             raise SearchError(f"FID is not finite at {what}")
         if on_fid is not None:
@@ -260,7 +268,7 @@ def write_results(state: SearchState, folder: Path, source: str) -> tuple[Path, 
     ``log.json`` (FID per update); returns their paths."""
     cfg = SearchConfig(**state.config)
     theta = state.best["theta"] if state.best is not None else state.theta
-    schedule = vector_to_schedule(theta, cfg.steps, cfg.name)
+    schedule = vector_to_schedule(theta, cfg.steps, cfg.name, cfg.rule)
     data = {**schedule.to_dict(), "source": source}
     if state.best is not None:
         data["search"] = {"fid": state.best["fid"], "update": state.best["update"], "seed": cfg.seed}

@@ -158,3 +158,17 @@ def test_cli_search_runs_and_continues(tmp_path, capsys):
     assert main(["search", "--lr-ratio", "nan", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("adanat search: error:") for e in err)
+
+
+def test_a_search_for_a_release_rule_measures_and_keeps_that_rule(tmp_path):
+    """``--rule autonat``: every FID of the search is of a schedule with AutoNAT's token-selection
+    rule, and the written schedule carries it (the default stays ours)."""
+    cfg = SearchConfig(steps=2, updates=1, rule="autonat")
+    calls: list[Schedule] = []
+    state = run_search(cfg, tmp_path, _quadratic([0.3, 1.0, 2.0, 1.5, 0.5, 2.0], calls), tokens=64)
+    assert len(calls) == 7 and {s.rule for s in calls} == {"autonat"}
+    sched_path, _ = write_results(state, tmp_path, "test")
+    assert load_schedule(sched_path, steps=2).rule == "autonat"
+    assert SearchConfig().rule == "enat"
+    with pytest.raises(SearchError, match="unknown token-selection rule"):
+        SearchConfig(rule="maskgit")

@@ -22,7 +22,7 @@ from adanat.configs import Flag, add_flags
 from adanat.outputs import check_writable
 from adanat.progress import StepProgress
 from adanat.sampling import ScheduleController
-from adanat.schedules import Schedule
+from adanat.schedules import SELECTION_RULES, Schedule
 from adanat.search import SearchConfig
 
 
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "delta_other",
             "momentum",
             Flag("name", default=None, default_help="autonat-PRESET-tT"),
+            Flag("rule", choices=list(SELECTION_RULES)),
         ],
     )
     p.add_argument("--out", type=Path, help="search folder (default runs/search-NAME)")
