@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = policy_manifest_entry(folder, root, command, quality)
     entry["trained"] = {"run": a.run.name, "settings": config["config"]}
     manifest.setdefault("policies", {})[a.name] = entry
-    write_text_atomic(root / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(root / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     print(f"shipped to {folder}; manifest entry written")
     return 0
 
