@@ -105,9 +105,10 @@ def test_training_benchmark_quick():
     head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["row", "episodes/update"])
     row = lines[head + 1].split()
     assert row[:4] == ["1", "16", "8", "256"] and row[4] == "float32"
-    loop, bare, ratio = (float(v) for v in row[-3:])
-    assert loop > 0 and bare > 0 and 0 < ratio <= 2
+    loop, bare, ratio, replay, ratio_replay = (float(v) for v in row[-5:])
+    assert loop > 0 and bare > 0 and replay > 0 and 0 < ratio <= 2 and 0 < ratio_replay <= 2
     assert ratio == pytest.approx(loop / bare, abs=0.01)
+    assert ratio_replay == pytest.approx(loop / replay, abs=0.01)
     text = out.stdout
     phases = _shares(text[text.index("loop, s per update (share)") :])
     assert {"generator forwards", "policy forwards", "PPO backward + loss", "discriminator round"} <= set(
@@ -118,6 +119,8 @@ def test_training_benchmark_quick():
     assert sum(share for _, share in phases.values()) == pytest.approx(100, abs=1.0)
     assert sum(s for s, _ in phases.values()) == pytest.approx(total, rel=0.01, abs=0.005)
     assert total == pytest.approx(16 / loop, rel=0.02)  # episodes per update / episodes per second
-    bare_phases = _shares(text[text.index("bare, s per update (share)") :])
-    assert bare_phases.pop("total")[0] == pytest.approx(16 / bare, rel=0.02)
-    assert sum(share for _, share in bare_phases.values()) == pytest.approx(100, abs=1.0)
+    for title, rate in (("bare", bare), ("bare*", replay)):
+        bare_phases = _shares(text[text.index(f"{title}, s per update (share)") :])
+        assert "generator forwards" in bare_phases and "decode" in bare_phases
+        assert bare_phases.pop("total")[0] == pytest.approx(16 / rate, rel=0.02)
+        assert sum(share for _, share in bare_phases.values()) == pytest.approx(100, abs=1.0)
