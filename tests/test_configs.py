@@ -158,7 +158,9 @@ def test_train_flags_come_from_the_config_fields():
     from adanat.cli import train
 
     args = train.parse([])
-    assert args.learning_rate == PolicyTraining.learning_rate and args.num_envs == PolicyTraining.num_envs
+    assert args.num_envs == PolicyTraining.num_envs
+    assert args.learning_rate is None  # resolved after parsing: --recipe's, else the field's
+    assert train.config_from_args(args).learning_rate == PolicyTraining.learning_rate
     assert args.world == EnvConfig.world and args.clip_model == RewardOptions.clip_model
     assert train.parse(["--env", "in256"]).world == "in256" == train.parse(["--world", "in256"]).world
     assert train.parse(["--disc-updates", "7"]).updates_per_round == 7
