@@ -228,7 +228,6 @@ def checkpoint(row: Row) -> None:
 class Row:
     """One training configuration: its trainer, the callbacks of a run, its measured rounds."""
 
-    label: str
     cfg: PolicyTraining
     trainer: PolicyTrainer
     callbacks: CallbackList
@@ -317,11 +316,7 @@ def build_row(args: argparse.Namespace, settings: dict[str, Any], run_dir: Path,
     callbacks = CallbackList(
         [ExplorationStd(cfg.std_schedule), FiniteGuard(), RewardRounds(trainer.venv, update, None)]
     )
-    label = (
-        f"{cfg.episodes_per_update} ep, batch {cfg.num_envs}, mb {cfg.minibatch}, {cfg.env.precision}, "
-        f"disc {cfg.env.reward_options.discriminator.updates_per_round}, fid {cfg.select_fid}"
-    )
-    return Row(label, cfg, trainer, callbacks)
+    return Row(cfg, trainer, callbacks)
 
 
 def loop_update(row: Row) -> None:
@@ -508,6 +503,7 @@ def report(rows: list[Row], args: argparse.Namespace, device: torch.device) -> N
 
 
 def run(args: argparse.Namespace) -> list[Row]:
+    """Build every row, run the warm-up and the timed rounds interleaved, print the report."""
     device = torch.device(args.device)
     clock = PhaseClock(device)
     lists = {
@@ -559,6 +555,7 @@ def combinations(lists: list[list[Any]], zipped: bool) -> list[tuple[Any, ...]]:
 
 
 def ints(text: str) -> list[int]:
+    """``"64,256"`` -> ``[64, 256]``."""
     return [int(v) for v in text.split(",")]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -96,8 +97,10 @@ def _shares(block: str) -> dict[str, tuple[float, float]]:
 def test_training_benchmark_quick():
     """The real training step (shipped shapes weights) against bare generation: the table is sane."""
     script = SCRIPT.parent / "training.py"
+    # one thread: two threads on two shared cores made this run 10x slower (OpenMP workers spin)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600, env=env
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
