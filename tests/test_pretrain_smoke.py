@@ -153,7 +153,8 @@ def test_without_out_the_weights_go_to_the_run_folder_never_to_the_package(tmp_p
 
     def digest() -> dict[str, str]:
         folder = asset_dir("shapes")
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+        files = sorted(p for p in folder.rglob("*") if p.is_file())  # shipped policies included
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
     shipped = digest()
     run = tmp_path / "run"
