@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -125,6 +126,10 @@ class Team:
         dist.all_gather(parts, data)
         shape = list(value.shape)
         return torch.cat([self._from_bytes(p, shape, value.dtype) for p in parts])
+
+    def gather_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`gather` of every array of a dict (a batched observation), as numpy."""
+        return {k: self.gather(torch.from_numpy(np.ascontiguousarray(v))).numpy() for k, v in arrays.items()}
 
     def sum(self, value: Tensor) -> Tensor:
         """The elementwise sum of ``value`` over the processes, on ``value``'s device."""

@@ -26,6 +26,7 @@ from adanat.errors import NonFiniteError
 from adanat.progress import StepProgress
 from adanat.rewards.base import LearnedReward
 from adanat.schedules import CONTROL_NAMES
+from adanat.team import TeamRows
 
 
 def std_at(schedule: Sequence[tuple[int, float]], update: int) -> float:
@@ -65,13 +66,14 @@ RewardRound = Callable[[list[Finished]], dict[str, float]]
 """One update round of a learned reward on the episodes of a rollout; returns its statistics."""
 
 
-def discriminator_round(reward: LearnedReward) -> RewardRound:
-    """The round of one process: ``reward.update`` on the rollout's images."""
+def discriminator_round(reward: LearnedReward, rows: TeamRows | None = None) -> RewardRound:
+    """The round of one process: ``reward.update`` on the rollout's images (this process's
+    share under torchrun, with ``rows`` saying where the others are)."""
 
     def run(finished: list[Finished]) -> dict[str, float]:
         images = torch.cat([f.images for f in finished if f.images is not None])  # (E, 3, H, W)
         labels = torch.cat([f.labels for f in finished])  # (E,)
-        return reward.update(images, labels)
+        return reward.update(images, labels, rows)
 
     return run
 

@@ -286,8 +286,7 @@ class PolicyTrainer:
             start = self.local.row_offset
             self.core.seed([int(x) for x in seeds[start : start + self.core.num_rows]])
             self.rows_reseeded = True
-        obs = self.core.set_labels(labels)
-        gathered = {k: self.team.gather(torch.from_numpy(v)).numpy() for k, v in obs.items()}
+        gathered = self.team.gather_arrays(self.core.set_labels(labels))
         return gathered if self.team.is_leader else None
 
     def _row_states(self) -> tuple[list[Tensor], Tensor]:
@@ -309,9 +308,7 @@ class PolicyTrainer:
         finished = self.local.drain_finished()
         if not isinstance(self.reward, LearnedReward) or not finished:
             return {}
-        images = torch.cat([f.images for f in finished if f.images is not None])  # (E, 3, H, W)
-        labels = torch.cat([f.labels for f in finished])  # (E,)
-        return self.reward.update(images, labels, TeamRows(self.team, self.core.num_rows))
+        return discriminator_round(self.reward, TeamRows(self.team, self.core.num_rows))(finished)
 
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, updates: int) -> dict[str, float]:

@@ -113,8 +113,8 @@ class ShardedVecEnv(BatchVecEnv):
         return all_obs, all_rewards.numpy(), np.full(self.num_envs, done), out_infos
 
     def _gather_observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        gathered = {k: self.team.gather(torch.from_numpy(np.ascontiguousarray(v))) for k, v in obs.items()}
-        return {k: v.numpy() for k, v in gathered.items()} if self.team.is_leader else None
+        gathered = self.team.gather_arrays(obs)
+        return gathered if self.team.is_leader else None
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         if seed is not None:

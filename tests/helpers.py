@@ -33,6 +33,17 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
+def write_tiny_weights(folder: Path) -> tuple[Path, Path]:
+    """Random ``tiny`` preset generator and tokenizer weights in ``folder`` (seeded)."""
+    from safetensors.torch import save_file
+
+    preset = model_preset("tiny")
+    save_file(random_enat(preset.generator).state_dict(), str(folder / "gen.safetensors"))
+    torch.manual_seed(0)
+    save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
+    return folder / "gen.safetensors", folder / "tok.safetensors"
+
+
 def random_enat(config: ENATConfig, seed: int = 0) -> ENAT:
     """An ENAT with every parameter random (no zero gate), in eval mode."""
     gen = torch.Generator().manual_seed(seed)

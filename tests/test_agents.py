@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from helpers import random_enat
+from helpers import random_enat, write_tiny_weights
 from safetensors.torch import save_file
 
 from adanat.agents import sb3
@@ -24,7 +24,6 @@ from adanat.agents.export import PolicyController, load_policy
 from adanat.agents.extractor import AdaNATExtractor, ExtractorConfig
 from adanat.agents.trainer import PolicyTrainer
 from adanat.envs.spec import EnvConfig
-from adanat.models.vqgan import MaskGITVQGAN
 from adanat.presets import model_preset, world_preset
 from adanat.rewards.registry import _REGISTRY, register
 from adanat.rng import row_rngs
@@ -35,12 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tiny-weights")
-    preset = model_preset("tiny")
-    save_file(random_enat(preset.generator).state_dict(), str(folder / "gen.safetensors"))
-    torch.manual_seed(0)
-    save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
-    return folder / "gen.safetensors", folder / "tok.safetensors"
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
 
 
 def tiny_training(weights: tuple[Path, Path], reward: str = "adversarial", **kw) -> PolicyTraining:

@@ -12,27 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_enat
-from safetensors.torch import load_file, save_file
+from helpers import write_tiny_weights
+from safetensors.torch import load_file
 
 from adanat.agents.config import PolicyTraining
 from adanat.agents.trainer import PolicyTrainer
 from adanat.distributed import Shard
 from adanat.envs.spec import EnvConfig
-from adanat.models.vqgan import MaskGITVQGAN
-from adanat.presets import model_preset
 from adanat.rewards.registry import RewardOptions
 from adanat.team import Team, TeamRows
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tiny-weights")
-    preset = model_preset("tiny")
-    save_file(random_enat(preset.generator).state_dict(), str(folder / "gen.safetensors"))
-    torch.manual_seed(0)
-    save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
-    return folder / "gen.safetensors", folder / "tok.safetensors"
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
 
 
 def _free_port() -> int:
