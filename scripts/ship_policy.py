@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the command that trained the run (recorded)")
     a = p.parse_args(argv)
     source = a.run / a.use
+    if not (source / "policy.json").is_file() or not (a.run / "checkpoint" / "state.json").is_file():
+        print(f"ship_policy: {a.run} is not a finished adanat train run with {a.use}/", file=sys.stderr)
+        return 2
     meta = json.loads((source / "policy.json").read_text())
     root = asset_dir("shapes")
     shipped = {m: sha256_of(verified_file(root, m)) for m in ("generator", "tokenizer")}
