@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -23,6 +24,9 @@ from adanat.outputs import to_uint8
 from adanat.rng import Rngs, row_rngs
 from adanat.sampling import Controller, Generation, NATSampler
 from adanat.schedules import CONTROL_NAMES
+
+if TYPE_CHECKING:
+    from adanat.clip_score import ClipSimilarity
 
 ControllerFactory = Callable[[Rngs], Controller]
 """The controller of a batch, given the batch's row rngs (a fixed schedule ignores them)."""
@@ -96,12 +100,14 @@ def generate_samples(
 
 @dataclass
 class Scoring:
-    """What an evaluation measures against: a feature space, its reference, and whether the
-    space's logits are the generator's classes (then class accuracy is reported too)."""
+    """What an evaluation measures against: a feature space, its reference, whether the
+    space's logits are the generator's classes (then class accuracy is reported too), and for
+    prompts a CLIP model whose similarity of each image with its own prompt gives the CLIP score."""
 
     space: FeatureSpace
     reference: Reference
     class_accuracy: bool = False
+    clip: ClipSimilarity | None = None
 
 
 @dataclass
@@ -124,7 +130,9 @@ def generator_gflops(
     labels = torch.arange(rows, device=device) % num_classes  # (rows,)
     rngs = row_rngs(seed, rows, device)
     counts = count_flops(lambda: sampler.generate(labels, controller, steps, rngs))
-    return counts.of(type(sampler.generator).__name__) / rows / 1e9
+    # a prompt-driven generator (adanat.prompts.PromptConditioned) counts its inner model's forwards
+    model = getattr(sampler.generator, "generator", sampler.generator)
+    return counts.of(type(model).__name__) / rows / 1e9
 
 
 @torch.no_grad()
@@ -143,7 +151,7 @@ def evaluate_controller(
     device = sampler.device
     bounds = spec.bounds()
     sizes = [len(b) for b in bounds]
-    feats, logits, traces, seconds, kept = [], [], [], [], []
+    feats, logits, traces, seconds, kept, sims = [], [], [], [], [], []
     t0 = time.perf_counter()
     for rows, out in sample_batches(sampler, make_controller, spec, shard.batches(len(bounds))):
         seconds.append(torch.tensor([time.perf_counter() - t0], dtype=torch.float64))  # generation
@@ -152,6 +160,8 @@ def evaluate_controller(
         f, lg = scoring.space(images)  # (b, F), (b, C)
         feats.append(f)
         logits.append(lg)
+        if scoring.clip is not None:
+            sims.append(scoring.clip(images, rows).double().to(device))  # (b,)
         traces.append(out.trace.double().cpu())  # (b, T, 4)
         if sum(len(k) for k in kept) < keep_images:
             kept.append(images.cpu())
@@ -164,6 +174,10 @@ def evaluate_controller(
     total_seconds = float(gather_batches(shard, seconds, [1] * len(sizes), device).sum())
     ref = scoring.reference
     metrics = metrics_from_features(feats_all, logits_all, ref.stats, ref.features, seed=spec.seed)
+    if scoring.clip is not None:
+        from adanat.clip_score import clip_score
+
+        metrics["clip_score"] = clip_score(gather_batches(shard, sims, sizes, device))  # over (N,)
     if scoring.class_accuracy:
         truth = torch.arange(spec.n) % (sampler.generator.num_classes or 1)  # (N,)
         metrics["class_accuracy"] = float((logits_all.argmax(1) == truth).double().mean())

@@ -1,8 +1,10 @@
 """Named presets, read from the package data file ``adanat/data/presets.json``.
 
-Four tables: ENAT generator architectures, VQGAN tokenizer architectures, model presets that
-pair a generator with a tokenizer at an image size, and worlds (:class:`World`: a model preset
-with everything the commands ask of it). ``--preset`` takes a world or a model preset.
+Five tables: generator architectures (ENAT, U-ViT NAT), VQGAN tokenizer architectures, text
+encoders (the CLIP text towers of text-conditional generators), model presets that pair a
+generator with a tokenizer (and, for text conditions, a text encoder) at an image size, and worlds
+(:class:`World`: a model preset with everything the commands ask of it). ``--preset`` takes a
+world or a model preset.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ModelPreset:
     :param tokenizer: VQGAN architecture.
     :param image_size: side of the generated images in pixels.
     :param enat_variant: which published ENAT sampler setting fits (``in256`` or ``in512``).
+    :param text_encoder: the text encoder of a text-conditional generator (None: class labels).
     """
 
     name: str
@@ -39,12 +42,45 @@ class ModelPreset:
     tokenizer: VQGANConfig
     image_size: int
     enat_variant: str
+    text_encoder: TextEncoderPreset | None = None
+
+    @property
+    def takes_text(self) -> bool:
+        """The generator is conditioned on prompts (``--prompts``), not class labels."""
+        return self.text_encoder is not None
 
     @property
     def num_classes(self) -> int:
         if self.generator.num_classes is None:
             raise ValueError(f"preset {self.name} is text-conditional: it takes prompts, not classes")
         return self.generator.num_classes
+
+
+@dataclass(frozen=True)
+class TextEncoderPreset:
+    """A CLIP text tower: an open-clip architecture by name (``arch``, with the Hugging Face repo
+    whose cached weights are looked for) or an inline open-clip text config (``text_cfg`` and
+    ``embed_dim``; the tiny test tower).
+
+    :param name: preset name.
+    :param about: what it is.
+    """
+
+    name: str
+    about: str
+    arch: str | None = None
+    hf_repo: str | None = None
+    embed_dim: int | None = None
+    text_cfg: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.arch is None) == (self.text_cfg is None):
+            raise ValueError(f"text encoder preset {self.name} names an arch or gives a text_cfg")
+
+
+def text_encoder_preset(name: str) -> TextEncoderPreset:
+    """Text encoder preset ``name`` (``clip-vit-bigg-14``)."""
+    return TextEncoderPreset(name=name, **_lookup("text_encoders", name))
 
 
 @cache
@@ -89,6 +125,7 @@ def model_preset(name: str) -> ModelPreset:
         tokenizer=tokenizer_config(entry["tokenizer"]),
         image_size=entry["image_size"],
         enat_variant=entry["enat_variant"],
+        text_encoder=text_encoder_preset(entry["text_encoder"]) if "text_encoder" in entry else None,
     )
 
 
@@ -194,10 +231,16 @@ class World:
     discriminator: str = "dino-projected"
     generator_env: str | None = None
     tokenizer_env: str | None = None
+    text_encoder_env: str | None = None
 
     @property
     def image_size(self) -> int:
         return self.model.image_size
+
+    @property
+    def takes_text(self) -> bool:
+        """Its generator is conditioned on prompts (a text-to-image world such as ``cc3m``)."""
+        return self.model.takes_text
 
     @property
     def num_classes(self) -> int:
@@ -205,6 +248,8 @@ class World:
 
     def class_names(self) -> list[str]:
         """Names of the classes ``0..C-1``: the world's own, else ImageNet-1k's (from torchvision)."""
+        if self.takes_text:
+            raise ValueError(f"world {self.name} is text-conditional: it has prompts, not classes")
         if self.classes is not None:
             return list(self.classes)
         from torchvision.models import ResNet50_Weights
@@ -222,7 +267,7 @@ class World:
             return load_schedule(searched, steps=steps)
         if steps == 8:
             return load_schedule("autonat-l-t8", steps=8)
-        return load_schedule("enat", steps=steps, variant=self.name)
+        return load_schedule("enat", steps=steps, variant=self.model.enat_variant)
 
     def metric_space(self, inception: Path | None = None) -> FeatureSpace:
         """The feature space of the world's FIDs (``inception``: Inception-v3 weights by path,
@@ -249,7 +294,7 @@ class World:
 
 
 def world_preset(name: str) -> World:
-    """World ``shapes``, ``in256`` or ``in512``."""
+    """World ``shapes``, ``in256``, ``in512`` or ``cc3m``."""
     entry = dict(_lookup("worlds", name))
     model = model_preset(entry.pop("model"))
     classes = entry.pop("classes", None)

@@ -1,10 +1,16 @@
-"""Where a preset's weights come from: the package (``shapes``), flags, or environment variables."""
+"""Where a preset's weights come from: the package (``shapes``), flags, or environment variables.
+
+A text-conditional preset (``cc3m``) also loads its text encoder (``--text-encoder PATH``, the
+world's environment variable, or the local open-clip / Hugging Face cache; never downloaded).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +28,10 @@ from adanat.presets import (
 )
 from adanat.sampling import NATSampler
 
+if TYPE_CHECKING:
+    from adanat.prompts import PromptBank
+    from adanat.text_encoder import TextEncoder
+
 
 @dataclass
 class LoadedModels:
@@ -33,10 +43,37 @@ class LoadedModels:
     tokenizer: MaskGITVQGAN
     generator_file: Path
     tokenizer_file: Path
+    text_encoder: TextEncoder | None = None
+    text_encoder_file: Path | None = None
 
-    def sampler(self, precision: str = "float32", reuse: bool = True) -> NATSampler:
-        """The generator and tokenizer as a :class:`~adanat.sampling.NATSampler` in eval mode."""
-        return NATSampler(self.generator.eval(), self.tokenizer.eval(), precision, reuse)
+    @property
+    def takes_text(self) -> bool:
+        return self.text_encoder is not None
+
+    def prompt_bank(self, prompts: Sequence[str]) -> PromptBank:
+        """``prompts`` as ids ``0..P-1`` with their states from this preset's text encoder."""
+        from adanat.prompts import PromptBank, PromptError
+
+        if self.text_encoder is None:
+            raise PromptError(
+                f"preset {self.preset.name} is class-conditional: it takes classes, not prompts"
+            )
+        return PromptBank(self.text_encoder, prompts)
+
+    def sampler(
+        self, precision: str = "float32", reuse: bool = True, prompts: PromptBank | None = None
+    ) -> NATSampler:
+        """The generator and tokenizer as a :class:`~adanat.sampling.NATSampler` in eval mode; a
+        text-conditional generator is driven by the ids of ``prompts``
+        (:class:`~adanat.prompts.PromptConditioned`)."""
+        generator = self.generator.eval()
+        if self.takes_text:
+            from adanat.prompts import PromptConditioned, PromptError
+
+            if prompts is None:
+                raise PromptError(f"preset {self.preset.name} is text-conditional: give prompts")
+            generator = PromptConditioned(generator, prompts)
+        return NATSampler(generator, self.tokenizer.eval(), precision, reuse)
 
 
 def resolve_preset(name: str) -> tuple[ModelPreset, World | None]:
@@ -72,15 +109,41 @@ def weight_files(
     return files[0], files[1]
 
 
+def text_encoder_file(world: World | None, given: Path | None) -> Path | None:
+    """The text encoder's weights: ``--text-encoder``, else the world's environment variable,
+    else None (the local caches are then searched)."""
+    if (
+        given is None
+        and world is not None
+        and world.text_encoder_env
+        and os.environ.get(world.text_encoder_env)
+    ):
+        given = Path(os.environ[world.text_encoder_env])
+    return given
+
+
 def load_models(
     name: str,
     generator: Path | None = None,
     tokenizer: Path | None = None,
     device: torch.device | str = "cpu",
+    text_encoder: Path | None = None,
 ) -> LoadedModels:
-    """Resolve and strictly load a preset's generator and tokenizer."""
+    """Resolve and strictly load a preset's generator and tokenizer (and text encoder)."""
     preset, world = resolve_preset(name)
     gen_file, tok_file = weight_files(preset, world, generator, tokenizer)
+    encoder, encoder_file = None, None
+    if preset.text_encoder is not None:
+        from adanat.text_encoder import TextEncoderConfig, cached_weights, load_text_encoder
+
+        encoder_file = text_encoder_file(world, text_encoder)
+        if encoder_file is None:  # the local cache; the file is recorded like a given one
+            encoder_file = cached_weights(TextEncoderConfig.of(preset.text_encoder))
+        encoder = load_text_encoder(preset.text_encoder, encoder_file, device)
+    elif text_encoder is not None:
+        raise CheckpointError(
+            f"--text-encoder: preset {preset.name} is class-conditional (it takes no prompts)"
+        )
     return LoadedModels(
         preset=preset,
         world=world,
@@ -88,4 +151,6 @@ def load_models(
         tokenizer=load_tokenizer(tok_file, preset.tokenizer, device),
         generator_file=gen_file,
         tokenizer_file=tok_file,
+        text_encoder=encoder,
+        text_encoder_file=encoder_file,
     )

@@ -66,14 +66,17 @@ class PolicyMeta:
     extractor: ExtractorConfig
     std: float
     reuse: bool = True  # the generator's features were reused between steps (ENAT), as observed
+    text_encoder_sha256: str | None = None  # text-to-image: the text tower whose states it saw
 
     def to_dict(self) -> dict[str, Any]:
+        text = {} if self.text_encoder_sha256 is None else {"text_encoder_sha256": self.text_encoder_sha256}
         return {
             "format": FORMAT,
             "world": self.world,
             "preset": self.preset,
             "generator_sha256": self.generator_sha256,
             "tokenizer_sha256": self.tokenizer_sha256,
+            **text,
             "steps": self.steps,
             "action_mapping": self.mapping.to_dict(),
             "base_schedule": self.mapping.base.to_dict(),
@@ -96,6 +99,7 @@ class PolicyMeta:
                 preset=str(d["preset"]),
                 generator_sha256=str(d["generator_sha256"]),
                 tokenizer_sha256=str(d["tokenizer_sha256"]),
+                text_encoder_sha256=d.get("text_encoder_sha256"),
                 steps=steps,
                 mapping=ActionMapping(base, float(d["action_mapping"]["scale"])),
                 form=ObservationForm(str(obs["kind"]), int(obs["grid"]), int(obs["width"]), steps),

@@ -112,7 +112,7 @@ class PolicyTrainer:
         self.selection = self._fid_selection() if cfg.select_fid else None
         self.resumed = False
         self.rows_reseeded = False  # set by restore() from a checkpoint of another device kind
-        self._digests: tuple[str, str] | None = None
+        self._digests: tuple[str, str, str | None] | None = None  # generator, tokenizer, text encoder
         self._writer: SummaryWriter | None = None
         self._saved_rows: tuple[list[Tensor], Tensor, int] | None = None  # restore(): this process's
         for name, handler in (
@@ -174,7 +174,12 @@ class PolicyTrainer:
         """The exported policy's metadata (world, weights' digests, mapping, std now); in AdaNAT's
         format when the run fine-tunes an AdaNAT policy."""
         if self._digests is None:
-            self._digests = (sha256_of(self.models.generator_file), sha256_of(self.models.tokenizer_file))
+            text = self.models.text_encoder_file
+            self._digests = (
+                sha256_of(self.models.generator_file),
+                sha256_of(self.models.tokenizer_file),
+                None if text is None else sha256_of(text),
+            )
         if self.cfg.init_policy is not None:
             return release_meta(
                 self.model,
@@ -193,6 +198,7 @@ class PolicyTrainer:
             preset=self.models.preset.name,
             generator_sha256=self._digests[0],
             tokenizer_sha256=self._digests[1],
+            text_encoder_sha256=self._digests[2],
             steps=self.cfg.env.steps,
             mapping=self.core.mapping,
             form=self.core.form,

@@ -2,9 +2,9 @@
 
 An episode generates one image in ``T`` NAT steps with the frozen generator, driven through the
 :class:`~adanat.sampling.NATSampler` (the same episode methods that plain generation uses). Row
-``i`` has its own random stream (seed ``seeds[i]``), which draws the episode's class label
-(unless labels are given) and all sampling noise, so a row's episode does not depend on the
-other rows.
+``i`` has its own random stream (seed ``seeds[i]``), which draws the episode's class label, or
+its prompt id in a text-to-image world (unless labels are given), and all sampling noise, so a
+row's episode does not depend on the other rows.
 
 Per :meth:`NATCore.step`: the actions ``(N, 4)`` become step controls through the action mapping
 (:class:`~adanat.envs.actions.ActionMapping`, or AdaNAT's own); the sampler samples and re-masks,
@@ -105,8 +105,8 @@ class NATCore:
         return self.form.numpy(self._episode.features, self._episode.step)
 
     def _start(self) -> None:
-        num_classes = self.sampler.generator.num_classes
-        assert num_classes is not None, "class-conditional generators only"
+        num_classes = self.sampler.generator.num_classes  # classes, or a prompt bank's prompts
+        assert num_classes is not None, "conditions are ids: class ids or prompt ids (PromptConditioned)"
         # every episode draws its label, so fixed labels leave the random streams as they are
         drawn = [torch.randint(0, num_classes, (1,), generator=g, device=self.device) for g in self.rngs]
         labels = torch.cat(drawn) if self.fixed_labels is None else self.fixed_labels.clone()  # (N,)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,6 +11,7 @@ from adanat.envs.actions import ActionMap, ActionMapping, ReleaseActionMapping
 from adanat.envs.core import NATCore
 from adanat.precision import check_precision
 from adanat.presets import world_preset
+from adanat.prompts import PromptBank, PromptError, read_prompts
 from adanat.rewards.base import Reward
 from adanat.rewards.registry import RewardOptions, make_reward
 from adanat.schedules import Schedule, load_schedule
@@ -46,6 +47,11 @@ class EnvConfig:
         this way, so it is recorded with the exported policy.
     :param precision: ``float32`` or ``bfloat16`` autocast of generator and decoder
         (:mod:`adanat.precision`; on a GPU about 3x the images/s of float32 for ENAT-L).
+    :param text_encoder: text-to-image worlds: the text encoder's weights (default: the world's
+        environment variable, then the local caches).
+    :param prompts_file: text-to-image worlds: the episodes' prompts, one per line; by default
+        the captions of ``reward_options.captions`` (which the adversarial reward needs anyway).
+        Each episode draws one of them uniformly.
     """
 
     world: str = "shapes"
@@ -61,6 +67,8 @@ class EnvConfig:
     reward_options: RewardOptions = field(default_factory=RewardOptions)
     precision: str = "float32"
     reuse: bool = True
+    text_encoder: Path | None = None
+    prompts_file: Path | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -70,7 +78,7 @@ class EnvConfig:
     def base_schedule(self) -> Schedule:
         if self.base is None:
             return world_preset(self.world).base_schedule(self.steps)
-        return load_schedule(self.base, steps=self.steps, variant=self.world)
+        return load_schedule(self.base, steps=self.steps, variant=world_preset(self.world).model.enat_variant)
 
 
 def action_mapping(config: EnvConfig) -> ActionMap:
@@ -82,7 +90,27 @@ def action_mapping(config: EnvConfig) -> ActionMap:
 
 def load_env_models(config: EnvConfig, device: torch.device | str = "cpu") -> LoadedModels:
     """The generator and tokenizer of ``config`` (its model preset, or the world's)."""
-    return load_models(config.preset or config.world, config.generator, config.tokenizer, device)
+    return load_models(
+        config.preset or config.world, config.generator, config.tokenizer, device, config.text_encoder
+    )
+
+
+def env_prompts(config: EnvConfig, models: LoadedModels) -> PromptBank | None:
+    """The episodes' prompts of a text-to-image world (None for class labels): ``prompts_file``,
+    else the captions of ``reward_options.captions``."""
+    if not models.takes_text:
+        if config.prompts_file is not None:
+            raise PromptError(f"--prompts-file: world {config.world} is class-conditional")
+        return None
+    if config.prompts_file is not None:
+        return models.prompt_bank(read_prompts(config.prompts_file))
+    if config.reward_options.captions is not None:
+        from adanat.captions import CaptionSet
+
+        return models.prompt_bank(CaptionSet.read(config.reward_options.captions).captions)
+    raise PromptError(
+        f"world {config.world} is text-to-image: give --captions (image-caption pairs) or --prompts-file"
+    )
 
 
 def build_core(
@@ -93,11 +121,14 @@ def build_core(
     reward: Reward | None = None,
     labels: torch.Tensor | None = None,
 ) -> NATCore:
-    """A :class:`NATCore` for ``config`` (loads models and builds the reward unless given)."""
+    """A :class:`NATCore` for ``config`` (loads models and builds the reward unless given); in a
+    text-to-image world the rows' labels are prompt ids (:func:`env_prompts`)."""
     models = models or load_env_models(config, device)
-    reward = reward or make_reward(config.reward, config.world, config.reward_options, device)
+    prompts = env_prompts(config, models)
+    world = replace(world_preset(config.world), model=models.preset)  # the world with the model generating
+    reward = reward or make_reward(config.reward, world, config.reward_options, device, prompts)
     return NATCore(
-        models.sampler(config.precision, config.reuse),
+        models.sampler(config.precision, config.reuse, prompts),
         reward,
         action_mapping(config),
         config.observation,

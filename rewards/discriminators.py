@@ -1,9 +1,11 @@
-"""Class-conditional discriminators: a small conv net for ``shapes``, DINO-projected for ImageNet.
+"""Conditional discriminators: a small conv net for ``shapes``, DINO-projected for ImageNet and CC3M.
 
 Both return logits ``(B, N)`` and the image's logit is their mean: one whole-image logit for the
-conv net, one per token and head for the projected one. Class conditioning is by projection: a
-logit adds the inner product of its feature with a class embedding (Miyato & Koyama 2018), as in
-the projected discriminator AdaNAT uses.
+conv net, one per token and head for the projected one. Conditioning is by projection: a logit
+adds the inner product of its feature with an embedding of the condition (Miyato & Koyama 2018),
+as in the projected discriminator AdaNAT uses. The embedding is a class table for class labels,
+or :class:`PromptProjection` (a linear map of the prompt's normalised pooled CLIP text embedding,
+as AdaNAT's CC3M discriminator conditions on CLIP text features) for prompt ids.
 """
 
 from __future__ import annotations
@@ -11,11 +13,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+if TYPE_CHECKING:
+    from adanat.prompts import PromptBank
+
+
+class PromptProjection(nn.Module):
+    """The condition embedding of prompt ids: ``Linear(E, dim)`` of the prompts' normalised pooled
+    text embeddings ``(B, E)`` from the bank (which is not part of the state dict)."""
+
+    def __init__(self, bank: PromptBank, dim: int) -> None:
+        super().__init__()
+        self.bank = bank
+        self.proj = nn.Linear(bank.encoder.embed_dim, dim)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.proj(self.bank.pooled(ids).to(self.proj.weight.device))  # (B, dim)
+
+
+def condition_embedding(
+    num_classes: int, dim: int, prompts: PromptBank | None = None, std: float | None = None
+) -> nn.Module:
+    """A class table (``num_classes`` x ``dim``, drawn with ``std`` when given), or the
+    projection of the prompts' text."""
+    if prompts is not None:
+        return PromptProjection(prompts, dim)
+    embed = nn.Embedding(num_classes, dim)
+    if std is not None:
+        nn.init.normal_(embed.weight, std=std)
+    return embed
 
 
 @dataclass(frozen=True)
@@ -42,7 +76,9 @@ class ConvDiscriminator(nn.Module):
     for batches that ``G`` does not divide.
     """
 
-    def __init__(self, config: ConvDiscriminatorConfig, image_size: int = 32) -> None:
+    def __init__(
+        self, config: ConvDiscriminatorConfig, image_size: int = 32, prompts: PromptBank | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         sn = spectral_norm if config.spectral_norm else (lambda m: m)
@@ -56,11 +92,11 @@ class ConvDiscriminator(nn.Module):
         extra = 1 if config.group else 0
         self.read = sn(nn.Linear((c_in + extra) * side * side, c_in))
         self.out = sn(nn.Linear(c_in, 1))
-        self.embed = nn.Embedding(config.num_classes, c_in)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        self.embed = condition_embedding(config.num_classes, c_in, prompts, std=0.02)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
+        """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)`` (class or
+        prompt ids)."""
         h = self.body(images * 2 - 1)  # (B, C, h, w)
         if self.config.group:
             h = torch.cat([h, group_std(h, self.config.group)], 1)  # (B, C + 1, h, w)
@@ -102,6 +138,7 @@ class ProjectedDiscriminator(nn.Module):
     :param hooks: indices of the blocks whose outputs the heads read (the patch embedding is
         always read too).
     :param input_size: images are resized to this before the backbone.
+    :param prompts: condition on the text of prompt ids (then ``num_classes`` is unused).
     """
 
     def __init__(
@@ -114,13 +151,14 @@ class ProjectedDiscriminator(nn.Module):
         input_size: int = 224,
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        prompts: PromptBank | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.hooks, self.input_size = hooks, input_size
         dim = backbone.embed_dim
         self.heads = nn.ModuleList([_Head(dim, width, cmap) for _ in range(len(hooks) + 1)])
-        self.embed = nn.Embedding(num_classes, cmap)
+        self.embed = condition_embedding(num_classes, cmap, prompts)
         self.register_buffer("mean", torch.tensor(mean)[None, :, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(std)[None, :, None, None], persistent=False)
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from adanat.rewards.adversarial import AdversarialReward, DiscriminatorTraining
 from adanat.rewards.base import Reward
+
+if TYPE_CHECKING:
+    from adanat.presets import World
+    from adanat.prompts import PromptBank
 
 
 class RewardError(ValueError):
@@ -22,6 +27,9 @@ class RewardOptions:
 
     :param discriminator: the adversarial reward's training settings.
     :param real_images: ImageNet-layout folder of real images (``in256``/``in512``).
+    :param captions: image-caption pairs of a text world (a TSV or a folder,
+        :class:`~adanat.captions.CaptionSet`): the adversarial reward's real images, each with
+        its caption (the run's prompts are these captions).
     :param dino: DINO ViT-S/16 weights (``in256``/``in512``; default: the timm cache).
     :param clip_model: open-clip architecture name for the ``clip`` reward.
     :param clip_weights: its weights file.
@@ -32,6 +40,7 @@ class RewardOptions:
 
     discriminator: DiscriminatorTraining = field(default_factory=DiscriminatorTraining)
     real_images: Path | None = None
+    captions: Path | None = None
     dino: Path | None = None
     clip_model: str = "ViT-B-32"
     clip_weights: Path | None = None
@@ -43,12 +52,13 @@ class RewardOptions:
             raise ValueError(f"minibatch-std must be 0 (off) or >= 2 images, got {self.minibatch_std}")
 
 
-Builder = Callable[[str, RewardOptions, torch.device], Reward]
+Builder = Callable[["World", RewardOptions, torch.device, "PromptBank | None"], Reward]
 _REGISTRY: dict[str, Builder] = {}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make a builder ``(world, options, device) -> Reward`` available by name."""
+    """Decorator: make a builder ``(world, options, device, prompts) -> Reward`` available by name
+    (``prompts``: the prompt bank whose ids label a text world's images; None for classes)."""
 
     def deco(fn: Builder) -> Builder:
         _REGISTRY[name] = fn
@@ -62,19 +72,31 @@ def reward_names() -> list[str]:
 
 
 def make_reward(
-    name: str, world: str, options: RewardOptions | None = None, device: torch.device | str = "cpu"
+    name: str,
+    world: str | World,
+    options: RewardOptions | None = None,
+    device: torch.device | str = "cpu",
+    prompts: PromptBank | None = None,
 ) -> Reward:
-    """Build reward ``name`` for ``world`` (``shapes``, ``in256``, ``in512``)."""
+    """Build reward ``name`` for ``world`` (a name: ``shapes``, ``in256``, ``in512``, ``cc3m``; or a
+    :class:`~adanat.presets.World` whose model is the one generating, for its image size); a
+    text world's images are labelled by the ids of ``prompts``."""
     if name not in _REGISTRY:
         raise RewardError(f"unknown reward {name!r}; known: {', '.join(reward_names())}")
-    return _REGISTRY[name](world, options or RewardOptions(), torch.device(device))
+    from adanat.presets import world_preset
+
+    w = world_preset(world) if isinstance(world, str) else world
+    if w.takes_text and prompts is None:
+        raise RewardError(f"world {w.name} is text-to-image: its rewards need the run's prompts")
+    return _REGISTRY[name](w, options or RewardOptions(), torch.device(device), prompts)
 
 
 @register("adversarial")
-def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Reward:
-    from adanat.presets import world_preset
-
-    w = world_preset(world)
+def _adversarial(
+    w: World, options: RewardOptions, device: torch.device, prompts: PromptBank | None
+) -> Reward:
+    if w.takes_text:
+        return _text_adversarial(w.image_size, options, device, prompts)
     if w.discriminator == "conv":  # a small conv net on the world's own procedural real images
         from adanat.rewards.discriminators import ConvDiscriminator, ConvDiscriminatorConfig
         from adanat.rewards.real_images import ShapesReal
@@ -90,7 +112,7 @@ def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Re
         raise RewardError("--minibatch-std exists for the shapes discriminator only")
     if options.real_images is None:
         raise RewardError(
-            f"the adversarial reward on {world} needs --real-images DIR (ImageNet train folder)"
+            f"the adversarial reward on {w.name} needs --real-images DIR (ImageNet train folder)"
         )
     try:
         backbone = dino_backbone(options.dino)
@@ -103,11 +125,36 @@ def _adversarial(world: str, options: RewardOptions, device: torch.device) -> Re
     return AdversarialReward(disc, real, options.discriminator)
 
 
-@register("classifier")
-def _classifier(world: str, options: RewardOptions, device: torch.device) -> Reward:
-    from adanat.presets import world_preset
+def _text_adversarial(
+    image_size: int, options: RewardOptions, device: torch.device, prompts: PromptBank | None
+) -> Reward:
+    """DINO-projected heads conditioned on the prompt's text, real images with their captions."""
+    from adanat.captions import CaptionedImages, CaptionError, CaptionSet
+    from adanat.rewards.discriminators import ProjectedDiscriminator, dino_backbone
 
-    if not world_preset(world).class_accuracy:  # its metric network's logits are its classes
+    assert prompts is not None
+    if options.minibatch_std:
+        raise RewardError("--minibatch-std exists for the shapes discriminator only")
+    if options.captions is None:
+        raise RewardError("the adversarial reward of a text world needs --captions (image-caption pairs)")
+    try:
+        captions = CaptionSet.read(options.captions)
+        backbone = dino_backbone(options.dino)
+    except (CaptionError, FileNotFoundError, ValueError) as e:
+        raise RewardError(str(e)) from None
+    if list(captions.captions) != prompts.prompts:
+        raise RewardError(
+            f"the run's prompts must be the captions of {options.captions} (pass it as --captions)"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.discriminator.seed)
+        disc = ProjectedDiscriminator(backbone, prompts=prompts).to(device)
+    return AdversarialReward(disc, CaptionedImages(captions, image_size), options.discriminator)
+
+
+@register("classifier")
+def _classifier(w: World, options: RewardOptions, device: torch.device, prompts: PromptBank | None) -> Reward:
+    if not w.class_accuracy:  # its metric network's logits are its classes
         raise RewardError("the classifier reward exists for the shapes world only")
     from adanat.assets import load_metric_network
     from adanat.rewards.classifier import ClassifierReward
@@ -116,7 +163,7 @@ def _classifier(world: str, options: RewardOptions, device: torch.device) -> Rew
 
 
 @register("clip")
-def _clip(world: str, options: RewardOptions, device: torch.device) -> Reward:
+def _clip(w: World, options: RewardOptions, device: torch.device, prompts: PromptBank | None) -> Reward:
     from adanat.rewards.clip import ClipReward, load_clip
 
     if options.clip_weights is None:
@@ -127,6 +174,7 @@ def _clip(world: str, options: RewardOptions, device: torch.device) -> Reward:
         raise RewardError(
             f"cannot load open-clip {options.clip_model} from {options.clip_weights}: {e}"
         ) from None
-    from adanat.presets import world_preset
-
-    return ClipReward(model.to(device), tokenizer, world_preset(world).class_names(), options.prompt)
+    if prompts is not None:  # a text world: each image against its own prompt
+        return ClipReward(model.to(device), tokenizer, prompts.prompts)
+    texts = [options.prompt.format(c) for c in w.class_names()]
+    return ClipReward(model.to(device), tokenizer, texts)

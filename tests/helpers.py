@@ -115,3 +115,128 @@ def adanat_policy_checkpoint(
             model[f"policy_old.{name}.{k}"] = value
             model[f"policy.{name}.{k}"] = value.clone()
     torch.save({"model": model, "step": 1000}, path)
+
+
+# -- text-to-image: tiny random components ---------------------------------------------------
+
+TINY_CLIP = {  # a tiny open-clip model (image and text towers) for the clip reward and CLIP score
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+CAPTIONS = [
+    "a red circle on a dark background",
+    "a blue square",
+    "a green triangle in the corner",
+    "two yellow bars",
+    "a white star at night",
+    "a cyan ring",
+]
+
+
+def tiny_text_encoder(seed: int = 0):
+    """The ``clip-tiny`` text tower of the ``uvit-t2i-tiny`` preset with random weights (seeded)."""
+    from adanat.presets import text_encoder_preset
+    from adanat.text_encoder import TextEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TextEncoder.from_preset(text_encoder_preset("clip-tiny")).eval()
+
+
+def write_tiny_t2i(folder: Path) -> Path:
+    """Random ``uvit-t2i-tiny`` generator, tokenizer and text encoder weights in ``folder``
+    (``gen``, ``tok``, ``text.safetensors``), seeded; returns ``folder``."""
+    from safetensors.torch import save_file
+
+    from adanat.models.uvit import UViTNAT
+
+    preset = model_preset("uvit-t2i-tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_file(UViTNAT(preset.generator).state_dict(), str(folder / "gen.safetensors"))
+        save_file(MaskGITVQGAN(preset.tokenizer).state_dict(), str(folder / "tok.safetensors"))
+    state = {k: v.contiguous() for k, v in tiny_text_encoder().state_dict().items()}
+    save_file(state, str(folder / "text.safetensors"))
+    return folder
+
+
+def t2i_args(folder: Path) -> list[str]:
+    """Command-line flags of the ``uvit-t2i-tiny`` preset with the weights of :func:`write_tiny_t2i`."""
+    return [
+        "--preset",
+        "uvit-t2i-tiny",
+        "--generator",
+        str(folder / "gen.safetensors"),
+        "--tokenizer",
+        str(folder / "tok.safetensors"),
+        "--text-encoder",
+        str(folder / "text.safetensors"),
+    ]
+
+
+def write_caption_folder(
+    folder: Path, captions: list[str] = CAPTIONS, size: tuple[int, int] = (40, 36)
+) -> Path:
+    """Random RGB images ``000i.png`` with captions ``000i.txt`` (img2dataset's layout), seeded."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, caption in enumerate(captions):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        (folder / f"{i:04d}.txt").write_text(caption + "\n", encoding="utf-8")
+    return folder
+
+
+def write_tiny_clip(folder: Path) -> tuple[Path, Path]:
+    """A tiny random open-clip model: its config JSON and its weights (seeded)."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = open_clip.CLIP(**TINY_CLIP)
+    (folder / "clip.json").write_text(json.dumps(TINY_CLIP), encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "clip.safetensors"))
+    return folder / "clip.json", folder / "clip.safetensors"
+
+
+def write_random_dino(path: Path) -> Path:
+    """A DINO ViT-S/16 of random weights (the projected discriminator's backbone), seeded."""
+    import timm
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch16_224.dino", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def write_random_inception(path: Path) -> Path:
+    """torch-fidelity's Inception-v3 layout with random weights (the FID network of text worlds,
+    which cannot be downloaded here): the module is built with its weight loading skipped."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with (
+        torch.random.fork_rng(devices=[]),
+        mock.patch.object(fe.torch, "load", return_value={}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None),
+    ):
+        torch.manual_seed(0)
+        model = fe.FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path="x"
+        )
+        with torch.no_grad():  # He-scaled weights, so the features neither vanish nor explode
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, (2 / p[0].numel()) ** 0.5)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path

@@ -22,6 +22,7 @@ from adanat.rewards.discriminators import (
 )
 from adanat.rewards.real_images import ShapesReal
 from adanat.rewards.registry import RewardOptions
+from adanat.worlds.shapes import CLASSES
 
 
 def test_registry_names_and_errors():
@@ -211,20 +212,25 @@ def test_clip_reward_with_a_tiny_random_open_clip(tmp_path):
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
-    (tmp_path / "adanat-tiny-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path)
+    config = tmp_path / "adanat-tiny-clip.json"  # an architecture open-clip does not list, by path
+    config.write_text(json.dumps(cfg))
     torch.manual_seed(0)
-    model = open_clip.create_model("adanat-tiny-clip", pretrained=None)
+    model = open_clip.CLIP(**cfg).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
     from adanat.rewards.registry import RewardOptions
 
-    options = RewardOptions(clip_model="adanat-tiny-clip", clip_weights=tmp_path / "clip.safetensors")
+    options = RewardOptions(clip_model=str(config), clip_weights=tmp_path / "clip.safetensors")
     reward = make_reward("clip", "shapes", options)
     images = torch.rand(4, 3, 32, 32)
     r = reward(images, torch.tensor([0, 1, 2, 3]))
     assert r.shape == (4,) and (r.abs() <= 1 + 1e-5).all()
-    emb = torch.nn.functional.normalize(model.encode_image((images - reward.mean) / reward.std), dim=-1)
-    torch.testing.assert_close(r, (emb * reward.text[:4]).sum(-1), atol=1e-5, rtol=1e-4)
-    bad = RewardOptions(clip_model="adanat-tiny-clip", clip_weights=tmp_path / "missing.safetensors")
+    sim = reward.similarity
+    emb = torch.nn.functional.normalize(model.encode_image((images - sim.mean) / sim.std), dim=-1)
+    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=16)(
+        [f"a photo of a {c}" for c in CLASSES[:4]]
+    )
+    text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)  # (4, E)
+    torch.testing.assert_close(r, (emb * text).sum(-1), atol=1e-5, rtol=1e-4)
+    bad = RewardOptions(clip_model=str(config), clip_weights=tmp_path / "missing.safetensors")
     with pytest.raises(RewardError, match="cannot load open-clip"):
         make_reward("clip", "shapes", bad)

@@ -18,6 +18,7 @@ from typing import NoReturn
 import torch
 
 from adanat.assets import AssetError, sha256_of
+from adanat.captions import CaptionError
 from adanat.checkpoints import CheckpointError
 from adanat.configs import Flag, add_flags
 from adanat.errors import first_line
@@ -26,10 +27,12 @@ from adanat.outputs import OutputError, check_writable
 from adanat.policies import builtin_policy_names, policy_folder
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
+from adanat.prompts import PromptError, parse_prompts, read_prompts
 from adanat.rng import Rngs
 from adanat.sampling import Controller, NATSampler, ScheduleController
 from adanat.schedules import Schedule, ScheduleError, builtin_schedule_names, load_schedule
 from adanat.search import SearchError
+from adanat.text_encoder import TextEncoderError
 from adanat.weights import LoadedModels, load_models, resolve_preset
 
 
@@ -37,7 +40,17 @@ class UsageError(ValueError):
     """A command-line value that cannot be used."""
 
 
-EXPECTED_ERRORS = (UsageError, CheckpointError, ScheduleError, OutputError, SearchError, MetricsError)
+EXPECTED_ERRORS = (
+    UsageError,
+    CheckpointError,
+    ScheduleError,
+    OutputError,
+    SearchError,
+    MetricsError,
+    PromptError,
+    CaptionError,
+    TextEncoderError,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -132,6 +145,12 @@ def model_options() -> argparse.ArgumentParser:
     p.add_argument("--generator", type=Path, help="generator checkpoint (.pth or .safetensors)")
     p.add_argument("--tokenizer", type=Path, help="VQGAN checkpoint (.ckpt/.pth or .safetensors)")
     p.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="text-to-image presets (cc3m): the CLIP text tower's weights (open-clip or transformers "
+        "state dict; default: $ADANAT_TEXT_ENCODER, then the local open-clip/Hugging Face cache)",
+    )
+    p.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N (cuda:LOCAL_RANK under torchrun)"
     )
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per generation batch")
@@ -164,6 +183,14 @@ def generation_options() -> argparse.ArgumentParser:
     return p
 
 
+def prompt_options() -> argparse.ArgumentParser:
+    """``--prompts`` and ``--prompts-file``: the conditions of a text-to-image preset."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--prompts", help='text-to-image presets: comma-separated prompts ("a red bus,a cat")')
+    p.add_argument("--prompts-file", type=Path, help="text-to-image presets: one prompt per line")
+    return p
+
+
 # -- from options to objects -----------------------------------------------------------------
 
 
@@ -186,6 +213,30 @@ class Target:
     def class_accuracy(self) -> bool:
         """The world's feature space gives its classes (evaluations report class accuracy)."""
         return self.world is not None and self.world.class_accuracy
+
+    @property
+    def takes_text(self) -> bool:
+        """The preset's generator is conditioned on prompts."""
+        return self.preset.takes_text
+
+    def prompts(self, args: argparse.Namespace, required: bool = True) -> list[str] | None:
+        """The prompts of ``--prompts`` / ``--prompts-file`` for a text-to-image preset (None
+        when not ``required`` and none are given); refused for a class-conditional one."""
+        given = [f for f in ("prompts", "prompts_file") if getattr(args, f, None) is not None]
+        if not self.takes_text:
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise UsageError(f"{flag}: preset {self.preset.name} is class-conditional (use --classes)")
+            return None
+        if len(given) == 2:
+            raise UsageError("give --prompts or --prompts-file, not both")
+        if not given:
+            if required:
+                raise UsageError(
+                    f"preset {self.preset.name} is text-to-image: give --prompts or --prompts-file"
+                )
+            return None
+        return parse_prompts(args.prompts) if given[0] == "prompts" else read_prompts(args.prompts_file)
 
     def steps(self, given: int | None) -> int:
         """``T``: as given, else the world's default."""
@@ -239,10 +290,14 @@ def schedule_of(args: argparse.Namespace, target: Target) -> Schedule | None:
     return load_schedule(args.policy, steps=target.steps(args.steps), variant=target.preset.enat_variant)
 
 
-def load_sampler(args: argparse.Namespace, device: torch.device) -> tuple[LoadedModels, NATSampler]:
-    """The preset's models (strictly loaded) as a sampler with the options' precision and reuse."""
-    models = load_models(args.preset, args.generator, args.tokenizer, device)
-    return models, models.sampler(args.precision, args.reuse)
+def load_sampler(
+    args: argparse.Namespace, device: torch.device, prompts: list[str] | None = None
+) -> tuple[LoadedModels, NATSampler]:
+    """The preset's models (strictly loaded) as a sampler with the options' precision and reuse;
+    a text-to-image preset's conditions are the ids of ``prompts``."""
+    models = load_models(args.preset, args.generator, args.tokenizer, device, args.text_encoder)
+    bank = models.prompt_bank(prompts) if prompts is not None else None
+    return models, models.sampler(args.precision, args.reuse, bank)
 
 
 def policy_controllers(
@@ -269,6 +324,9 @@ def policy_controllers(
         raise UsageError(f"{where} with another generator than {models.generator_file}")
     if sha256_of(models.tokenizer_file) != meta.tokenizer_sha256:
         raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
+    text = models.text_encoder_file
+    if meta.text_encoder_sha256 is not None and (text is None or sha256_of(text) != meta.text_encoder_sha256):
+        raise UsageError(f"{where} with another text encoder than {text}")
     if args.steps not in (None, meta.steps):
         raise UsageError(f"{where} for --steps {meta.steps}, not {args.steps}")
     if args.reuse != meta.reuse:  # its features would be computed otherwise than it saw them

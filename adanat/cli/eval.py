@@ -1,7 +1,9 @@
 """``adanat eval``: FID, IS, precision/recall (and class accuracy) of a schedule or a policy.
 
-Runs under ``torchrun`` too: the batches are dealt out to the processes and the numbers equal a
-single-process run with the same seed.
+Text-to-image presets (``cc3m``) take their prompts from --prompts-file, --prompts or --captions
+(image-caption pairs, whose images are also the FID reference unless --reference is given) and
+report the CLIP score with --clip-weights. Runs under ``torchrun`` too: the batches are dealt
+out to the processes and the numbers equal a single-process run with the same seed.
 """
 
 from __future__ import annotations
@@ -10,18 +12,26 @@ import argparse
 import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adanat.assets import sha256_of
 from adanat.cli import common
 from adanat.outputs import OutputError, save_grid, write_text_atomic
 from adanat.progress import StepProgress
 
+if TYPE_CHECKING:
+    import torch
+
+    from adanat.captions import CaptionSet
+    from adanat.clip_score import ClipSimilarity
+    from adanat.weights import LoadedModels
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        parents=[common.model_options(), common.generation_options()],
-        help="FID, IS, precision/recall (and class accuracy) of a schedule or policy",
+        parents=[common.model_options(), common.generation_options(), common.prompt_options()],
+        help="FID, IS, precision/recall (and class accuracy or CLIP score) of a schedule or policy",
         description=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument(
@@ -29,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--n",
         type=common.positive_int,
         default=5000,
-        help="generated images, labels cycling over the classes (under torchrun write -n: torchrun "
-        "reads --n as its own abbreviated option)",
+        help="generated images, labels cycling over the classes or the prompts (under torchrun write "
+        "-n: torchrun reads --n as its own abbreviated option)",
     )
     p.add_argument("--out", type=Path, help="results JSON (a new file)")
     p.add_argument("--grid", type=Path, help="PNG grid of the first 100 images (a new file)")
@@ -46,7 +56,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="shapes: held-out images for the reference (default: --n)",
     )
     p.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")
+    p.add_argument(
+        "--captions",
+        type=Path,
+        help="text-to-image presets: image-caption pairs (TSV or folder); the captions are the prompts "
+        "and, without --reference, the images the FID reference",
+    )
+    p.add_argument(
+        "--clip-model", default="ViT-L-14", help="open-clip architecture (or config JSON) of the CLIP score"
+    )
+    p.add_argument(
+        "--clip-weights", type=Path, help="its weights: text-to-image presets then report the CLIP score"
+    )
     p.set_defaults(run=run)
+
+
+def eval_prompts(
+    args: argparse.Namespace, target: common.Target
+) -> tuple[list[str] | None, CaptionSet | None]:
+    """The prompts of a text-to-image evaluation and its caption set (None, None for classes)."""
+    if args.captions is None:
+        return target.prompts(args), None
+    from adanat.captions import CaptionSet
+
+    if not target.takes_text:
+        raise common.UsageError(f"--captions: preset {target.preset.name} is class-conditional")
+    if args.prompts is not None or args.prompts_file is not None:
+        raise common.UsageError("give --captions or --prompts/--prompts-file, not both")
+    captions = CaptionSet.read(args.captions)
+    return list(captions.captions), captions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +96,15 @@ def run(args: argparse.Namespace) -> int:
     target = common.Target.of(args.preset)
     if args.n < 2 or (args.reference_n is not None and args.reference_n < 2):
         raise common.UsageError("--n and --reference-n must be >= 2")
-    target.check_reference(args.reference)
+    prompts, captions = eval_prompts(args, target)
+    if captions is None or args.reference is not None:
+        target.check_reference(args.reference)
+    if args.clip_weights is not None and not target.takes_text:
+        raise common.UsageError(
+            f"--clip-weights: preset {target.preset.name} has no prompts to score against"
+        )
+    if args.clip_weights is not None and not args.clip_weights.is_file():
+        raise common.UsageError(f"--clip-weights {args.clip_weights} is not a file")
     common.check_new_file(args.out, "--out")
     common.check_new_file(args.grid, "--grid")
     if args.out is not None and args.grid is not None and args.out.resolve() == args.grid.resolve():
@@ -72,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{flag} {n} at --batch-size {args.batch_size} gives fewer batches than the "
                     f"{shard.world_size} processes; lower --batch-size"
                 )
-        models, sampler = common.load_sampler(args, device)
+        models, sampler = common.load_sampler(args, device, prompts)
         make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
         space = target.metric_space(args.inception).to(device)
         request = ReferenceRequest(
@@ -83,8 +129,15 @@ def run(args: argparse.Namespace) -> int:
             shard,
             args.batch_size,
         )
-        reference = target.reference("evaluation", space, request)
-        scoring = evaluation.Scoring(space, reference, target.class_accuracy)
+        if captions is not None and args.reference is None:
+            from adanat.captions import caption_reference
+
+            reference = caption_reference(captions, space, request)
+        else:
+            reference = target.reference("evaluation", space, request)
+        scoring = evaluation.Scoring(
+            space, reference, target.class_accuracy, clip_similarity(args, prompts, device)
+        )
         spec = evaluation.SampleSpec(args.n, steps, args.seed, args.batch_size)
         bounds = batch_bounds(args.n, args.batch_size)
         share = sum(len(bounds[j]) for j in shard.batches(len(bounds)))  # this process's images
@@ -119,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             "generator_sha256": sha256_of(models.generator_file),
             "tokenizer": str(models.tokenizer_file),
             "tokenizer_sha256": sha256_of(models.tokenizer_file),
+            **text_config(args, models, prompts),
         },
     )
     print_eval_table(report, args.policy)
@@ -139,6 +193,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def clip_similarity(
+    args: argparse.Namespace, prompts: list[str] | None, device: torch.device
+) -> ClipSimilarity | None:
+    """The CLIP model of the CLIP score (``--clip-weights``), each image against its own prompt."""
+    if args.clip_weights is None or prompts is None:
+        return None
+    from adanat.clip_score import ClipSimilarity, load_clip
+
+    try:
+        model, tokenizer = load_clip(args.clip_model, args.clip_weights)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise common.UsageError(
+            f"cannot load open-clip {args.clip_model} from {args.clip_weights}: {e}"
+        ) from None
+    return ClipSimilarity(model.to(device), tokenizer, prompts)
+
+
+def text_config(
+    args: argparse.Namespace, models: LoadedModels, prompts: list[str] | None
+) -> dict[str, object]:
+    """The report's text fields: the text encoder, where the prompts came from, the CLIP model."""
+    if prompts is None:
+        return {}
+    source = args.captions or args.prompts_file or "--prompts"
+    return {
+        "text_encoder": str(models.text_encoder_file or "cache"),
+        "prompts": str(source),
+        "num_prompts": len(prompts),
+        "clip_model": args.clip_model if args.clip_weights is not None else None,
+        "clip_weights": None if args.clip_weights is None else str(args.clip_weights),
+    }
+
+
 def print_eval_table(report: dict[str, object], name: str) -> None:
     """The headline numbers of an ``eval`` report as a table on stdout."""
     from rich.console import Console
@@ -153,6 +240,7 @@ def print_eval_table(report: dict[str, object], name: str) -> None:
         ("precision", "precision", "{:.4f}"),
         ("recall", "recall", "{:.4f}"),
         ("class accuracy", "class_accuracy", "{:.4f}"),
+        ("CLIP score", "clip_score", "{:.3f}"),
     ]
     for label, key, fmt in rows:
         if key in metrics:

@@ -14,6 +14,7 @@ from adanat.cli.common import (
     UsageError,
     model_options,
     positive_int,
+    prompt_options,
     resolve_device,
     sampler_options,
     seed_int,
@@ -29,7 +30,7 @@ from adanat.search import SearchConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
-        parents=[model_options(), sampler_options()],
+        parents=[model_options(), sampler_options(), prompt_options()],
         help="AutoNAT schedule search (SGD on FID by finite differences); resumable",
         description=__doc__.split("\n\n", 1)[1],
     )
@@ -51,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ],
     )
     p.add_argument("--out", type=Path, help="search folder (default runs/search-NAME)")
-    p.add_argument("--reference", type=Path, help="FID statistics .npz (required for in256/in512)")
+    p.add_argument("--reference", type=Path, help="FID statistics .npz (required for in256/in512/cc3m)")
     p.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights")
     p.set_defaults(run=run, search_flags=flags)
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     target = Target.of(args.preset)
     steps = target.steps(args.steps)
+    prompts = target.prompts(args)  # text-to-image: the FIDs' images cycle over these
     target.check_reference(args.reference)
     values = args.search_flags.values(args)
     name = values.pop("name", None) or f"autonat-{args.preset}-t{steps}"
@@ -79,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     _check_folder(out)
     state = search.start_state(cfg, out)  # refuses a folder searched with other settings
     device = resolve_device(args.device)
-    models = load_models(args.preset, args.generator, args.tokenizer, device)
-    sampler = models.sampler(cfg.precision, cfg.reuse)
+    models = load_models(args.preset, args.generator, args.tokenizer, device, args.text_encoder)
+    bank = None if prompts is None else models.prompt_bank(prompts)
+    sampler = models.sampler(cfg.precision, cfg.reuse, bank)
     space = target.metric_space(args.inception).to(device)
     request = ReferenceRequest(
         cfg.samples, target.preset.image_size, device, args.reference, batch_size=args.batch_size

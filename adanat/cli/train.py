@@ -126,7 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             "reuse",
             Flag("preset", help="model preset instead of the world's (e.g. tiny)"),
             Flag("generator", help="generator weights (in256/in512; shapes ships its own)"),
-            Flag("tokenizer", help="tokenizer weights (in256/in512)"),
+            Flag("tokenizer", help="tokenizer weights (in256/in512/cc3m)"),
+            Flag("text_encoder", help="cc3m: CLIP text tower weights (default: $ADANAT_TEXT_ENCODER, cache)"),
+            Flag("prompts_file", help="cc3m: the episodes' prompts, one per line (default: --captions)"),
         ],
     )
     training = add_flags(
@@ -212,6 +214,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
                 default_help=_per_world("minibatch_std") + "; 0: off",
             ),
             "real_images",
+            Flag("captions", help="cc3m: image-caption pairs (TSV or folder): real images with their text"),
             "dino",
             "clip_model",
             "clip_weights",
