@@ -116,6 +116,11 @@ class PromptBank:
         return self._null
 
 
+def prompt_bank_of(generator: object) -> PromptBank | None:
+    """The prompt bank whose ids a generator takes (None for class ids)."""
+    return generator.bank if isinstance(generator, PromptConditioned) else None
+
+
 class PromptConditioned(nn.Module):
     """A text-conditional generator (:class:`~adanat.models.uvit.UViTNAT`) driven by prompt ids
     of a :class:`PromptBank`: a :class:`~adanat.generator.NATGenerator` whose conditions are

@@ -70,7 +70,7 @@ class PolicyEvaluator:
         return tuple(gathered)  # type: ignore[return-value]
 
     def run(self, actor: ExportedActor, meta: ExportedMeta) -> EvalResult:
-        policy_r, images, trace = self._run(mean_controller(actor, meta))
+        policy_r, images, trace = self._run(mean_controller(actor, meta, self.core.prompts))
         base_r, _, _ = self._run(ScheduleController(self.core.mapping.base))
         cols = min(self.core.sampler.generator.num_classes or 16, 16)
         shown = images[: cols * max(1, min(4, len(images) // cols))]

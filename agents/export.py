@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,6 +34,9 @@ from adanat.rng import Rngs, normal
 from adanat.sampling import Controller, Controls, GenerationState
 from adanat.schedules import Schedule, schedule_from_dict
 
+if TYPE_CHECKING:
+    from adanat.prompts import PromptBank
+
 FORMAT = "adanat-policy/1"
 WEIGHTS, META = "policy.safetensors", "policy.json"
 
@@ -50,8 +53,11 @@ class Actor(nn.Module):
         self.extractor = AdaNATExtractor(form.space(), config)
         self.head = nn.Linear(config.features_dim, 4)
 
-    def forward(self, features: Tensor, step: Tensor) -> Tensor:
-        return self.head(self.extractor({"features": features, "step": step}))
+    def forward(self, features: Tensor, step: Tensor, prompt: Tensor | None = None) -> Tensor:
+        obs = {"features": features, "step": step}
+        if prompt is not None:
+            obs["prompt"] = prompt  # (B, E)
+        return self.head(self.extractor(obs))
 
 
 @dataclass
@@ -80,7 +86,12 @@ class PolicyMeta:
             "steps": self.steps,
             "action_mapping": self.mapping.to_dict(),
             "base_schedule": self.mapping.base.to_dict(),
-            "observation": {"kind": self.form.kind, "grid": self.form.grid, "width": self.form.width},
+            "observation": {
+                "kind": self.form.kind,
+                "grid": self.form.grid,
+                "width": self.form.width,
+                **({"prompt_dim": self.form.prompt_dim} if self.form.prompt_dim else {}),
+            },
             "extractor": self.extractor.to_dict(),
             "exploration_std": self.std,
             "reuse": self.reuse,
@@ -102,7 +113,13 @@ class PolicyMeta:
                 text_encoder_sha256=d.get("text_encoder_sha256"),
                 steps=steps,
                 mapping=ActionMapping(base, float(d["action_mapping"]["scale"])),
-                form=ObservationForm(str(obs["kind"]), int(obs["grid"]), int(obs["width"]), steps),
+                form=ObservationForm(
+                    str(obs["kind"]),
+                    int(obs["grid"]),
+                    int(obs["width"]),
+                    steps,
+                    int(obs.get("prompt_dim", 0)),
+                ),
                 extractor=ExtractorConfig(**{k: int(v) for k, v in d["extractor"].items()}),
                 std=float(d["exploration_std"]),
                 reuse=bool(d.get("reuse", True)),  # exports before the setting existed: on
@@ -158,7 +175,8 @@ def load_policy(folder: Path, device: torch.device | str = "cpu") -> tuple[Actor
 class PolicyController:
     """A learned policy as a :class:`~adanat.sampling.Controller`: the mean action by default, or
     actions sampled with the exploration std when ``stochastic``, drawn from ``rngs`` (one
-    for the batch or one per row, e.g. the generation's own row streams)."""
+    for the batch or one per row, e.g. the generation's own row streams). A policy that observes
+    the prompt reads its embedding from ``prompts``, the bank whose ids the generation's rows hold."""
 
     def __init__(
         self,
@@ -166,10 +184,14 @@ class PolicyController:
         meta: PolicyMeta,
         stochastic: bool = False,
         rngs: Rngs | None = None,
+        prompts: PromptBank | None = None,
     ) -> None:
         if stochastic and rngs is None:
             raise ValueError("a stochastic policy needs random generators")
+        if meta.form.prompt_dim and prompts is None:
+            raise PolicyError("the policy observes the prompt: it runs on a text-to-image preset only")
         self.actor, self.meta, self.stochastic, self.rngs = actor, meta, stochastic, rngs
+        self.prompts = prompts
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> Controls:
@@ -179,7 +201,11 @@ class PolicyController:
             )
         feats = self.meta.form.features(state.features).float()  # (B, N, D)
         step = torch.full((feats.shape[0],), state.step, device=feats.device)  # (B,)
-        mean = self.actor(feats, step)  # (B, 4)
+        prompt = None
+        if self.meta.form.prompt_dim:
+            assert self.prompts is not None
+            prompt = self.prompts.pooled(state.cond)  # (B, E)
+        mean = self.actor(feats, step, prompt)  # (B, 4)
         action = mean
         if self.stochastic:
             assert self.rngs is not None
@@ -188,10 +214,13 @@ class PolicyController:
         return self.meta.mapping.controls(action.clamp(-1, 1), state.step)
 
 
-def mean_controller(actor: ExportedActor, meta: ExportedMeta) -> Controller:
-    """The policy acting with its mean action, ours or one in AdaNAT's format."""
+def mean_controller(
+    actor: ExportedActor, meta: ExportedMeta, prompts: PromptBank | None = None
+) -> Controller:
+    """The policy acting with its mean action, ours or one in AdaNAT's format (``prompts``: the
+    bank of a text-to-image generation, for a policy that observes the prompt)."""
     if isinstance(meta, ReleaseMeta):
         assert isinstance(actor, ReleaseActor)
         return ReleasePolicyController(actor, meta.steps, meta.heuristic)
     assert isinstance(actor, Actor)
-    return PolicyController(actor, meta)
+    return PolicyController(actor, meta, prompts=prompts)

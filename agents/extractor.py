@@ -2,7 +2,9 @@
 
 Per-token LayerNorm and linear, AdaLN conditioned on the step, a depthwise stride-2 3x3 conv on
 the token grid, a pointwise conv, then an MLP with AdaLN. Every AdaLN modulation starts at zero
-(a plain LayerNorm). Used once for the actor and once for the critic (no shared weights).
+(a plain LayerNorm). Used once for the actor and once for the critic (no shared weights). When
+the observation holds a ``prompt`` embedding, a linear map of it (zero at the start) is added
+to the step embedding that conditions every AdaLN.
 """
 
 from __future__ import annotations
@@ -83,11 +85,18 @@ class AdaNATExtractor(BaseFeaturesExtractor):
         self.ada1 = AdaLN(cfg.mlp, cfg.step_dim)
         self.fc2 = nn.Linear(cfg.mlp, cfg.features_dim)
         self.ada2 = AdaLN(cfg.features_dim, cfg.step_dim)
+        self.prompt: nn.Linear | None = None
+        if "prompt" in observation_space.spaces:
+            self.prompt = nn.Linear(observation_space["prompt"].shape[0], cfg.step_dim)
+            nn.init.zeros_(self.prompt.weight)
+            nn.init.zeros_(self.prompt.bias)
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         feat = observations["features"].float()  # (B, N, D)
         b = feat.shape[0]
         c = self.step_mlp(step_embedding(step_of(observations), self.config.step_dim))  # (B, S)
+        if self.prompt is not None:
+            c = c + self.prompt(observations["prompt"].float())  # (B, S)
         x = self.ada0(self.inp(self.inp_norm(feat)), c)  # (B, N, H)
         x = x.transpose(1, 2).reshape(b, -1, self.grid, self.grid)  # (B, H, g, g)
         x = F.gelu(self.dw(x))  # (B, H, g/2, g/2)

@@ -68,7 +68,7 @@ class FidSelection:
         """FID of the policy now; exports it to ``best/`` if it is the lowest so far."""
         if self.base is None:
             self.base = self._fid(ScheduleController(self.core.mapping.base))
-        fid = self._fid(mean_controller(actor, meta))
+        fid = self._fid(mean_controller(actor, meta, self.core.prompts))
         improved = fid < self.best
         if improved:
             self.best = fid

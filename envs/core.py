@@ -23,6 +23,7 @@ from torch import Tensor
 
 from adanat.envs.actions import ActionMap
 from adanat.envs.observation import ObservationForm
+from adanat.prompts import prompt_bank_of
 from adanat.rewards.base import Reward
 from adanat.rng import row_rngs
 from adanat.sampling import Episode, NATSampler
@@ -53,7 +54,7 @@ class NATCore:
     :param sampler: the frozen generator with its tokenizer, precision and reuse setting.
     :param reward: scores final images.
     :param mapping: actions -> controls (with the base schedule; ``T`` = its steps).
-    :param observation: the observation form (``compact`` or ``full``).
+    :param observation: the observation form, or its kind (``compact`` or ``full``).
     :param num_rows: number of rows (episodes per batch).
     :param labels: fixed class label per row; drawn uniformly per episode when None.
     """
@@ -63,7 +64,7 @@ class NATCore:
         sampler: NATSampler,
         reward: Reward,
         mapping: ActionMap,
-        observation: str,
+        observation: str | ObservationForm,
         num_rows: int,
         labels: Tensor | None = None,
     ) -> None:
@@ -71,7 +72,12 @@ class NATCore:
             raise ValueError("the environment's sampler needs a tokenizer (rewards score images)")
         gen = sampler.generator
         self.sampler, self.reward, self.mapping = sampler, reward, mapping
-        self.form = ObservationForm(observation, gen.grid, gen.feature_dim, mapping.steps)
+        if isinstance(observation, str):
+            observation = ObservationForm(observation, gen.grid, gen.feature_dim, mapping.steps)
+        self.form = observation
+        self.prompts = prompt_bank_of(gen)  # text-to-image: the bank whose ids the rows hold
+        if self.form.prompt_dim and self.prompts is None:
+            raise ValueError("only a text-to-image generator's episodes have a prompt to observe")
         self.num_rows, self.steps = num_rows, mapping.steps
         self.device = sampler.device
         if labels is not None and labels.shape != (num_rows,):
@@ -102,7 +108,11 @@ class NATCore:
 
     def observation(self) -> dict[str, np.ndarray]:
         assert self._episode is not None
-        return self.form.numpy(self._episode.features, self._episode.step)
+        prompt = None
+        if self.form.prompt_dim:
+            assert self.prompts is not None
+            prompt = self.prompts.pooled(self._episode.cond)  # (N, E)
+        return self.form.numpy(self._episode.features, self._episode.step, prompt)
 
     def _start(self) -> None:
         num_classes = self.sampler.generator.num_classes  # classes, or a prompt bank's prompts

@@ -14,7 +14,8 @@ from adanat.envs.core import NATCore
 class NATEnv(gym.Env):
     """One generation episode at a time (a :class:`NATCore` with one row).
 
-    Observation: ``{"features": (tokens, D), "step": Discrete(T)}``. Action: ``Box(-1, 1, (4,))``,
+    Observation: ``{"features": (tokens, D), "step": Discrete(T)}`` (and ``"prompt": (E,)`` when
+    the prompt is observed). Action: ``Box(-1, 1, (4,))``,
     a residual on the base schedule (with AdaNAT's mapping, its raw actions in a wider box).
     Reward: 0 until the last step, then the reward of the image.
     ``reset(seed=s)`` makes the episodes equal to row ``i`` of a :class:`NATVecEnv` seeded with
@@ -70,4 +71,4 @@ class NATEnv(gym.Env):
 
 
 def _row(obs: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {"features": obs["features"][0], "step": int(obs["step"][0])}
+    return {k: int(v[0]) if k == "step" else v[0] for k, v in obs.items()}

@@ -9,6 +9,7 @@ import torch
 
 from adanat.envs.actions import ActionMap, ActionMapping, ReleaseActionMapping
 from adanat.envs.core import NATCore
+from adanat.envs.observation import ObservationForm
 from adanat.precision import check_precision
 from adanat.presets import world_preset
 from adanat.prompts import PromptBank, PromptError, read_prompts
@@ -49,6 +50,8 @@ class EnvConfig:
         (:mod:`adanat.precision`; on a GPU about 3x the images/s of float32 for ENAT-L).
     :param text_encoder: text-to-image worlds: the text encoder's weights (default: the world's
         environment variable, then the local caches).
+    :param observe_prompt: text-to-image worlds: the observation also holds the episode prompt's
+        normalised pooled text embedding (AdaNAT's observes the generator's features only).
     :param prompts_file: text-to-image worlds: the episodes' prompts, one per line; by default
         the captions of ``reward_options.captions`` (which the adversarial reward needs anyway).
         Each episode draws one of them uniformly.
@@ -69,6 +72,7 @@ class EnvConfig:
     reuse: bool = True
     text_encoder: Path | None = None
     prompts_file: Path | None = None
+    observe_prompt: bool = False
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -127,11 +131,11 @@ def build_core(
     prompts = env_prompts(config, models)
     world = replace(world_preset(config.world), model=models.preset)  # the world with the model generating
     reward = reward or make_reward(config.reward, world, config.reward_options, device, prompts)
+    if config.observe_prompt and prompts is None:
+        raise PromptError(f"--observe-prompt: world {config.world} has no prompts (it is class-conditional)")
+    mapping, gen = action_mapping(config), models.generator
+    prompt_dim = prompts.encoder.embed_dim if config.observe_prompt and prompts is not None else 0
+    form = ObservationForm(config.observation, gen.grid, gen.feature_dim, mapping.steps, prompt_dim)
     return NATCore(
-        models.sampler(config.precision, config.reuse, prompts),
-        reward,
-        action_mapping(config),
-        config.observation,
-        num_rows,
-        labels,
+        models.sampler(config.precision, config.reuse, prompts), reward, mapping, form, num_rows, labels
     )

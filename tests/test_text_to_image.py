@@ -382,3 +382,98 @@ def test_an_imported_heuristic_adanat_policy_runs_on_prompts(t2i, tmp_path):
                  "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
     meta = json.loads((out / "samples.json").read_text())
     assert meta["policy_meta"]["heuristic"] and len(meta["controls"]["mask_ratio"][0]) == 8
+
+
+@pytest.mark.e2e
+def test_text_eval_under_torchrun_equals_one_process(t2i, tmp_path):
+    """Two gloo processes share the batches and gather features and CLIP similarities in order."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    args = [
+        "eval", *t2i_args(t2i), "--device", "cpu", "-n", "4", "--batch-size", "2", "--policy", "autonat-l-t8",
+        "--captions", str(t2i / "captions"), "--inception", str(t2i / "inception.pth"),
+        "--clip-model", str(t2i / "clip.json"), "--clip-weights", str(t2i / "clip.safetensors"),
+    ]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    cmd += ["-m", "adanat", *args, "--out", str(tmp_path / "two.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["config"]["processes"] == 2
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_text_training_refuses_what_it_cannot_use(t2i, tmp_path, capsys):
+    base = ["train", "--world", "cc3m", *t2i_args(t2i), "--steps", "2", "--episodes", "4", "--num-envs", "4"]
+    cases = [
+        ([*base, "--reward", "clip", "--clip-weights", str(t2i / "clip.safetensors")], "--captions"),
+        ([*base, "--captions", str(t2i / "captions")], "--dino"),
+        ([*base, "--captions", str(tmp_path / "none")], "does not exist"),
+        ([*base, "--captions", str(t2i / "captions"), "--reward", "classifier"], "shapes world only"),
+        ([*base, "--prompts-file", str(tmp_path / "none.txt"), "--reward", "clip"], "cannot read"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        run = tmp_path / f"run{i}"
+        assert main([*argv, "--run-dir", str(run)]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not run.exists() or not any(run.iterdir())
+
+
+def test_the_observation_may_hold_the_prompt(t2i, tmp_path):
+    """``observe_prompt``: the observation gains the rows' normalised prompt embeddings, and the
+    policy network conditions its AdaLNs on them (a zero map at the start)."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+
+    from adanat.agents.extractor import AdaNATExtractor
+    from adanat.envs import NATEnv, NATVecEnv
+
+    core = build_core(_env(t2i, observe_prompt=True), 3)
+    assert core.form.prompt_dim == 16 and core.form.space()["prompt"].shape == (16,)
+    venv = NATVecEnv(core, seed=0)
+    obs = venv.reset()
+    want = core.prompts.pooled(core.labels).numpy()  # (3, E)
+    np.testing.assert_allclose(obs["prompt"], want, atol=1e-6)
+    gym_check_env(NATEnv(build_core(_env(t2i, observe_prompt=True), 1)), skip_render_check=True)
+    extractor = AdaNATExtractor(core.form.space())
+    batch = {k: torch.as_tensor(v) for k, v in obs.items()}
+    batch["features"] = batch["features"][:1].expand(3, -1, -1)  # the same image features on every row
+    plain = extractor(batch)
+    torch.testing.assert_close(plain[0], plain[1])  # zero map: the prompt changes nothing yet
+    with torch.no_grad():
+        extractor.prompt.weight.normal_(0, 1.0)
+        for ada in (extractor.ada0, extractor.ada1, extractor.ada2):
+            ada.mod.weight.normal_(0, 0.1)
+    moved = extractor(batch)
+    assert core.labels[0] != core.labels[1] and not torch.allclose(moved[0], moved[1])
+    with pytest.raises(PromptError, match="class-conditional"):
+        from helpers import write_tiny_weights
+
+        gen, tok = write_tiny_weights(tmp_path)  # a class-conditional preset
+        build_core(EnvConfig(preset="tiny", generator=gen, tokenizer=tok, observe_prompt=True), 1)
+
+
+@pytest.mark.e2e
+def test_a_policy_that_observes_the_prompt_trains_exports_and_samples(t2i, tmp_path):
+    argv = [
+        "train", "--world", "cc3m", *t2i_args(t2i), "--reward", "clip", "--steps", "4", "--observe-prompt",
+        "--captions", str(t2i / "captions"), "--clip-model", str(t2i / "clip.json"),
+        "--clip-weights", str(t2i / "clip.safetensors"), "--episodes", "8", "--num-envs", "4",
+        "--episodes-per-update", "4", "--eval-episodes", "4", "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    policy = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
+    assert policy["observation"]["prompt_dim"] == 16
+    out = tmp_path / "s"
+    assert main(["sample", *t2i_args(t2i), "--policy", str(tmp_path / "run" / "policy"), "--prompts", PROMPTS,
+                 "--n", "3", "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "grid.png").is_file()

@@ -27,7 +27,7 @@ from adanat.outputs import OutputError, check_writable
 from adanat.policies import builtin_policy_names, policy_folder
 from adanat.precision import PRECISIONS
 from adanat.presets import ModelPreset, World, default_steps, model_preset_names, world_names
-from adanat.prompts import PromptError, parse_prompts, read_prompts
+from adanat.prompts import PromptError, parse_prompts, prompt_bank_of, read_prompts
 from adanat.rng import Rngs
 from adanat.sampling import Controller, NATSampler, ScheduleController
 from adanat.schedules import Schedule, ScheduleError, builtin_schedule_names, load_schedule
@@ -301,10 +301,15 @@ def load_sampler(
 
 
 def policy_controllers(
-    args: argparse.Namespace, schedule: Schedule | None, target: Target, models: LoadedModels
+    args: argparse.Namespace,
+    schedule: Schedule | None,
+    target: Target,
+    models: LoadedModels,
+    sampler: NATSampler,
 ) -> tuple[Callable[[Rngs], Controller], int, dict[str, object]]:
     """``(controller for a batch's row rngs, T, description)`` for a schedule (given,
-    already loaded) or the policy folder ``args.policy``, which must fit the loaded models."""
+    already loaded) or the policy folder ``args.policy``, which must fit the loaded models (and
+    read the prompts of ``sampler``'s rows, for a policy that observes them)."""
     if schedule is not None:
         controller = ScheduleController(schedule)
         return (lambda _rngs: controller), schedule.steps, {"schedule": schedule.to_dict()}
@@ -334,7 +339,12 @@ def policy_controllers(
         raise UsageError(f"{where} with feature reuse {'on' if meta.reuse else 'off'}; pass {flag}")
     actor = actor.to(next(models.generator.parameters()).device)
     info = {"policy_meta": meta.to_dict(), "stochastic": args.stochastic}
-    return (lambda rngs: PolicyController(actor, meta, args.stochastic, rngs)), meta.steps, info
+    prompts = prompt_bank_of(sampler.generator)
+    try:
+        PolicyController(actor, meta, prompts=prompts)  # refuses a policy this generation cannot feed
+    except PolicyError as e:
+        raise UsageError(f"policy {args.policy}: {e}") from None
+    return (lambda rngs: PolicyController(actor, meta, args.stochastic, rngs, prompts)), meta.steps, info
 
 
 def _is_release_policy(folder: Path) -> bool:

@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{shard.world_size} processes; lower --batch-size"
                 )
         models, sampler = common.load_sampler(args, device, prompts)
-        make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
+        make_controller, steps, policy_info = common.policy_controllers(
+            args, schedule, target, models, sampler
+        )
         space = target.metric_space(args.inception).to(device)
         request = ReferenceRequest(
             args.reference_n or args.n,

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out)
     check_writable(out, "--out")
     models, sampler = common.load_sampler(args, device, prompts)
-    make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models)
+    make_controller, steps, policy_info = common.policy_controllers(args, schedule, target, models, sampler)
 
     label_t = torch.tensor(labels, dtype=torch.long, device=device)  # (N,)
     batches = batch_bounds(args.n, args.batch_size)

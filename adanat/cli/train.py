@@ -129,6 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
             Flag("tokenizer", help="tokenizer weights (in256/in512/cc3m)"),
             Flag("text_encoder", help="cc3m: CLIP text tower weights (default: $ADANAT_TEXT_ENCODER, cache)"),
             Flag("prompts_file", help="cc3m: the episodes' prompts, one per line (default: --captions)"),
+            "observe_prompt",
         ],
     )
     training = add_flags(
@@ -313,6 +314,8 @@ def resolve_init_policy(a: argparse.Namespace) -> argparse.Namespace:
     where = f"--init-policy {folder}"
     if a.action_cost not in (None, 0):
         raise UsageError(f"--action-cost is a distance from the base schedule; {where} acts with none")
+    if a.observe_prompt:
+        raise UsageError(f"--observe-prompt: {where} observes the generator's features and the step only")
     if a.action_scale != EnvConfig.action_scale:
         raise UsageError(f"--action-scale scales the residual actions; {where} acts with AdaNAT's raw ones")
     preset = resolve_preset(a.preset or a.world)[0]
