@@ -5,7 +5,7 @@ Two layouts are read (``--captions PATH``):
 * a **TSV** file with a header row naming a ``caption`` column and an image column (``image``,
   ``path``, ``file`` or ``filepath``), image paths relative to the file's folder, as CC3M's and
   MS-COCO's caption lists are commonly converted (the URL lists of the releases need their
-  images downloaded first: img2dataset);
+  images downloaded first: img2dataset); blank lines and rows with an empty caption are left out;
 * a **folder** of images, each with its caption in a ``.txt`` file of the same stem next to it
   (img2dataset's ``files`` output), searched recursively.
 
@@ -90,12 +90,15 @@ def _tsv_pairs(path: Path) -> list[tuple[str, Path]]:
     cap = header.index("caption")
     pairs = []
     for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):  # a blank line
+            continue
         if len(row) <= max(cap, column):
             raise CaptionError(f"--captions {path}: line {line} has {len(row)} columns")
         image = path.parent / row[column].strip()
         if not image.is_file():
             raise CaptionError(f"--captions {path}: line {line}: image {image} not found")
-        pairs.append((row[cap].strip(), image))
+        if row[cap].strip():  # an uncaptioned image is left out, as in a folder
+            pairs.append((row[cap].strip(), image))
     return pairs
 
 
@@ -117,8 +120,12 @@ class CaptionedImages:
         """Image ``(3, size, size)`` in [0, 1] of pair ``i``."""
         from PIL import Image
 
-        with Image.open(self.captions.images[i]) as im:
-            return self.transform(im.convert("RGB"))
+        path = self.captions.images[i]
+        try:
+            with Image.open(path) as im:
+                return self.transform(im.convert("RGB"))
+        except OSError as e:  # PIL's UnidentifiedImageError included
+            raise CaptionError(f"captioned image {path} cannot be read: {e}") from None
 
     def sample(self, n: int, generator: torch.Generator, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         idx = torch.randint(0, len(self.captions), (n,), generator=generator)  # (n,)

@@ -350,6 +350,9 @@ def fid_from_features(features: Tensor, reference: FidStatistics) -> float:
     return float(fid_statistics_to_metric(stats, ref, False)["frechet_inception_distance"])
 
 
+PRC_MIN_IMAGES = 4  # torch-fidelity's precision/recall: the 3 nearest neighbours of each image, and itself
+
+
 def metrics_from_features(
     fid_features: Tensor,
     isc_logits: Tensor,
@@ -363,10 +366,12 @@ def metrics_from_features(
     :param fid_features: ``(N, F)`` generated features of the FID layer.
     :param isc_logits: ``(N, C)`` generated logits of the IS layer.
     :param reference: statistics of the reference features.
-    :param reference_features: ``(M, F)`` reference features for precision/recall.
+    :param reference_features: ``(M, F)`` reference features for precision/recall (left out
+        when either side has fewer than :data:`PRC_MIN_IMAGES` images: each image needs its
+        neighbourhood).
     """
     out = {"frechet_inception_distance": fid_from_features(fid_features, reference)}
     out.update(isc_features_to_metric(isc_logits.double(), splits=isc_splits, shuffle=True, rng_seed=seed))
-    if reference_features is not None:
+    if reference_features is not None and min(len(fid_features), len(reference_features)) >= PRC_MIN_IMAGES:
         out.update(prc_features_to_metric(fid_features.float(), reference_features.float(), verbose=False))
     return {k: float(v) for k, v in out.items()}

@@ -66,6 +66,8 @@ class SearchConfig:
     :param rule: the token-selection rule the schedule is searched for and keeps: ``enat`` (ours),
         ``autonat`` or ``adanat`` (the releases', ``adanat.sampling.select_tokens``); AutoNAT's
         own searches ran with ``autonat``.
+    :param prompts_sha256: a text-to-image search: the digest of its prompt list (the FIDs'
+        images cycle over it), so a folder is continued with the same prompts only.
     """
 
     steps: int = 8
@@ -81,6 +83,7 @@ class SearchConfig:
     precision: str = "float32"
     reuse: bool = True
     rule: str = "enat"
+    prompts_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 2 or self.updates < 1 or self.samples < 2 or self.seed < 0:

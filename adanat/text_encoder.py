@@ -236,11 +236,14 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 256) -> TextStates:
-        """The states of ``prompts`` (no grad, on the module's device), ``batch_size`` at a time."""
+        """The states of ``prompts`` (no grad, on the module's device), ``batch_size`` at a time,
+        in the weights' own precision whatever autocast the caller runs under (a prompt's states
+        must not depend on which caller encoded it first)."""
         tokens = self.tokenize(prompts)  # (B, 77)
         if len(tokens) == 0:
             raise ValueError("encode needs at least one prompt")
-        parts = [self(chunk) for chunk in tokens.split(batch_size)]
+        with torch.autocast(self.device.type, enabled=False):
+            parts = [self(chunk) for chunk in tokens.split(batch_size)]
         return TextStates(
             hidden=torch.cat([p.hidden for p in parts]),  # (B, 77, W)
             pooled=torch.cat([p.pooled for p in parts]),  # (B, E)
@@ -412,11 +415,7 @@ def load_text_encoder(
     config = TextEncoderConfig.of(arch)
     if not projection:
         config = replace(config, projection=False)
-    if weights is None and config.hf_repo is None:
-        raise TextEncoderError(
-            f"text encoder {config.label} has no cache to look in: pass --text-encoder PATH"
-        )
-    if weights is None:
+    if weights is None:  # refused when the config names no repo to look for
         weights = cached_weights(config)
     if isinstance(weights, dict):
         where, sd = "text encoder weights", weights

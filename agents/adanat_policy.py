@@ -188,9 +188,9 @@ class ReleaseMeta:
     :param heuristic: its actions are added to the release's hand-made schedule (``--heu 1``).
     :param source: where the weights come from.
     :param critic: the folder also holds its critic (``critic.safetensors``).
-    :param trained: for a policy fine-tuned by ``adanat train``: world, preset, generator and
-        tokenizer sha256, feature reuse and exploration std (``adanat sample`` checks the
-        weights and the reuse setting against them).
+    :param trained: for a policy fine-tuned by ``adanat train``: world, preset, generator,
+        tokenizer (and text encoder) sha256, feature reuse and exploration std (``adanat sample``
+        checks the weights and the reuse setting against them).
     """
 
     in_channels: int

@@ -190,6 +190,7 @@ class PolicyTrainer:
                 preset=self.models.preset.name,
                 generator_sha256=self._digests[0],
                 tokenizer_sha256=self._digests[1],
+                **({} if self._digests[2] is None else {"text_encoder_sha256": self._digests[2]}),
                 reuse=self.cfg.env.reuse,
                 exploration_std=std_at(self.cfg.std_schedule, sb3.rollouts_done(self.model)),
             )
@@ -219,6 +220,8 @@ class PolicyTrainer:
             "episodes": int(model.num_timesteps // self.cfg.env.steps),
             "config": to_dict(self.cfg),
         }
+        if self.core.prompts is not None:  # the rows' labels are ids of this prompt list
+            state["prompts"] = {"count": len(self.core.prompts), "sha256": self.core.prompts.digest()}
         rows, labels = self.team.call("env.row_states")
         rng = {**global_rng_state(), "rows": rows, "labels": labels}
         files: dict[str, Callable[[Path], None]] = {
@@ -253,6 +256,14 @@ class PolicyTrainer:
         """
         ckpt = checkpoint or find_checkpoint(self.run_dir)
         folder, state, rng = ckpt.folder, ckpt.state, ckpt.rng
+        prompts = self.core.prompts
+        saved = state.get("prompts")
+        if prompts is not None and saved != {"count": len(prompts), "sha256": prompts.digest()}:
+            count = "?" if saved is None else saved.get("count")
+            raise CheckpointError(
+                f"the run was trained on another prompt list ({count} prompts, now {len(prompts)}); "
+                "resume it with the captions or prompts file it was started with"
+            )
         model = self.model
         with _names_file(folder / POLICY, "does not fit this policy"):
             load_model(model.policy, str(folder / POLICY), device=str(self.device))

@@ -76,9 +76,7 @@ class ConvDiscriminator(nn.Module):
     for batches that ``G`` does not divide.
     """
 
-    def __init__(
-        self, config: ConvDiscriminatorConfig, image_size: int = 32, prompts: PromptBank | None = None
-    ) -> None:
+    def __init__(self, config: ConvDiscriminatorConfig, image_size: int = 32) -> None:
         super().__init__()
         self.config = config
         sn = spectral_norm if config.spectral_norm else (lambda m: m)
@@ -92,11 +90,10 @@ class ConvDiscriminator(nn.Module):
         extra = 1 if config.group else 0
         self.read = sn(nn.Linear((c_in + extra) * side * side, c_in))
         self.out = sn(nn.Linear(c_in, 1))
-        self.embed = condition_embedding(config.num_classes, c_in, prompts, std=0.02)
+        self.embed = condition_embedding(config.num_classes, c_in, std=0.02)
 
     def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)`` (class or
-        prompt ids)."""
+        """Logits ``(B, 1)`` for images ``(B, 3, H, W)`` in [0, 1] and labels ``(B,)``."""
         h = self.body(images * 2 - 1)  # (B, C, h, w)
         if self.config.group:
             h = torch.cat([h, group_std(h, self.config.group)], 1)  # (B, C + 1, h, w)

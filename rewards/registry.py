@@ -88,6 +88,10 @@ def make_reward(
     w = world_preset(world) if isinstance(world, str) else world
     if w.takes_text and prompts is None:
         raise RewardError(f"world {w.name} is text-to-image: its rewards need the run's prompts")
+    if not w.takes_text and options is not None and options.captions is not None:
+        raise RewardError(
+            f"--captions: world {w.name} is class-conditional (its real images are not captioned)"
+        )
     return _REGISTRY[name](w, options or RewardOptions(), torch.device(device), prompts)
 
 
@@ -170,7 +174,7 @@ def _clip(w: World, options: RewardOptions, device: torch.device, prompts: Promp
         raise RewardError("the clip reward needs --clip-weights PATH (open-clip weights, never downloaded)")
     try:
         model, tokenizer = load_clip(options.clip_model, options.clip_weights)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:
         raise RewardError(
             f"cannot load open-clip {options.clip_model} from {options.clip_weights}: {e}"
         ) from None

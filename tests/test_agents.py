@@ -119,7 +119,7 @@ def test_non_finite_reward_stops_and_keeps_the_last_good_checkpoint(tiny_weights
             value = float("nan") if calls["n"] >= 3 else 0.5
             return torch.full((images.shape[0],), value)
 
-    register("flaky-test")(lambda world, options, device: FlakyReward())
+    register("flaky-test")(lambda world, options, device, prompts: FlakyReward())
     try:
         trainer = PolicyTrainer(
             tiny_training(tiny_weights, reward="flaky-test", episodes=40), tmp_path / "run"

@@ -164,6 +164,11 @@ def test_train_flags_come_from_the_config_fields():
     assert args.world == EnvConfig.world and args.clip_model == RewardOptions.clip_model
     assert train.parse(["--env", "in256"]).world == "in256" == train.parse(["--world", "in256"]).world
     assert train.parse(["--disc-updates", "7"]).updates_per_round == 7
+    assert train.config_from_args(train.parse(["--minibatch", "1024"])).minibatch == 1024
+    assert train.config_from_args(args).minibatch == PolicyTraining.minibatch
+    text = ["--world", "cc3m", "--observe-prompt", "--captions", "pairs.tsv"]
+    cfg = train.config_from_args(train.parse(text))
+    assert cfg.env.observe_prompt and str(cfg.env.reward_options.captions) == "pairs.tsv"
 
 
 def test_default_factories_and_field_objects():

@@ -42,3 +42,22 @@ def test_fid_is_prc_through_torch_fidelity(weights, images):
     assert 0 < near["frechet_inception_distance"] < noise["frechet_inception_distance"]
     assert near["inception_score_mean"] >= 1.0
     assert set(near) >= {"inception_score_mean", "inception_score_std", "precision", "recall", "f_score"}
+
+
+def test_precision_recall_are_left_out_below_four_images():
+    """torch-fidelity's precision/recall need each image's 3 nearest neighbours."""
+    from adanat.metrics import FidStatistics, metrics_from_features
+
+    g = torch.Generator().manual_seed(0)
+    feats, ref = (
+        torch.randn(3, 8, generator=g, dtype=torch.float64),
+        torch.randn(6, 8, generator=g, dtype=torch.float64),
+    )
+    logits = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    out = metrics_from_features(feats, logits, FidStatistics.of(ref), ref)
+    assert "precision" not in out and "recall" not in out and "frechet_inception_distance" in out
+    more = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    out = metrics_from_features(
+        more, torch.randn(4, 5, generator=g, dtype=torch.float64), FidStatistics.of(ref), ref
+    )
+    assert 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1

@@ -45,6 +45,13 @@ def t2i(tmp_path_factory):
     return folder
 
 
+def _prompt_file(folder) -> object:
+    """The captions as a prompts file (the same prompt ids as the caption folder)."""
+    path = folder / "captions.txt"
+    path.write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    return path
+
+
 def _env(t2i, reward: str = "clip", **kw) -> EnvConfig:
     options = RewardOptions(
         captions=t2i / "captions",
@@ -90,6 +97,7 @@ def test_caption_sets_from_a_folder_and_a_tsv(tmp_path):
     pairs = CaptionSet.read(folder)
     assert list(pairs.captions) == CAPTIONS and pairs.images[1].name == "0001.png"
     rows = ["caption\timage"] + [f"{c}\tpairs/{i:04d}.png" for i, c in enumerate(CAPTIONS[:3])]
+    rows += ["\tpairs/0004.png", ""]  # an uncaptioned image and a blank line are left out
     (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     tsv = CaptionSet.read(tmp_path / "pairs.tsv")
     assert list(tsv.captions) == CAPTIONS[:3] and tsv.images == pairs.images[:3]
@@ -292,7 +300,28 @@ def test_eval_on_a_caption_folder_reports_fid_clip_score_and_controls(t2i, tmp_p
 
     model, tokenizer = load_clip(str(t2i / "clip.json"), t2i / "clip.safetensors")
     similarity = ClipSimilarity(model, tokenizer, CAPTIONS)
-    assert similarity(torch.zeros(1, 3, 32, 32), torch.tensor([0])).shape == (1,)
+    sample = [
+        *t2i_args(t2i),
+        "--device",
+        "cpu",
+        "--n",
+        "6",
+        "--policy",
+        "autonat-l-t8",
+        "--out",
+        str(tmp_path / "i"),
+    ]
+    assert main(["sample", *sample, "--prompts-file", str(_prompt_file(tmp_path))]) == 0  # the same images
+    from PIL import Image
+
+    files = sorted((tmp_path / "i").glob("0*.png"))
+    images = torch.stack(
+        [torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files]
+    )  # (6, 3, H, W)
+    expected = 100 * similarity(images, torch.arange(6)).double().clamp_min(0).mean()
+    assert m["clip_score"] == pytest.approx(float(expected), rel=1e-6)
+    shifted = 100 * similarity(images, (torch.arange(6) + 1) % 6).double().clamp_min(0).mean()
+    assert float(shifted) != pytest.approx(m["clip_score"], rel=1e-3)  # the score sees which prompt
     # a statistics file as the reference gives the same FID as the caption images
     from adanat.captions import caption_reference
     from adanat.metrics import ReferenceRequest, inception_feature_space
@@ -477,3 +506,123 @@ def test_a_policy_that_observes_the_prompt_trains_exports_and_samples(t2i, tmp_p
     assert main(["sample", *t2i_args(t2i), "--policy", str(tmp_path / "run" / "policy"), "--prompts", PROMPTS,
                  "--n", "3", "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_released_cc3m_files_sample_prompts(tmp_path):
+    """With ADANAT_CC3M_GENERATOR, ADANAT_VQGAN and ADANAT_TEXT_ENCODER (AdaNAT's CC3M U-ViT, the
+    MaskGIT VQGAN, the bigG text tower): strict loads and two 256x256 images of two prompts."""
+    import os
+
+    needed = ("ADANAT_CC3M_GENERATOR", "ADANAT_VQGAN", "ADANAT_TEXT_ENCODER")
+    if not all(os.environ.get(v) for v in needed):
+        pytest.skip(f"set {', '.join(needed)} to the released files")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = tmp_path / "s"
+    argv = ["sample", "--preset", "cc3m", "--prompts", "a red bus on a street,a cat on a sofa", "--n", "2"]
+    assert main([*argv, "--policy", "autonat-l-t8", "--device", device, "--out", str(out)]) == 0
+    from PIL import Image
+
+    with Image.open(out / "00000_prompt0.png") as im:
+        assert im.size == (256, 256)
+
+
+def test_text_states_are_float32_whoever_asks_first():
+    """A prompt first encoded inside the sampler's bfloat16 autocast has the float32 states."""
+    encoder = tiny_text_encoder()
+    want = encoder.encode(["a red bus"]).hidden  # (1, 77, W)
+    bank = PromptBank(encoder, ["a red bus"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bank.hidden(torch.tensor([0]))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+@pytest.mark.e2e
+def test_a_text_run_resumes_with_its_prompts_only(t2i, tmp_path, capsys):
+    import shutil
+
+    pairs = shutil.copytree(t2i / "captions", tmp_path / "pairs")
+    run = tmp_path / "run"
+    argv = [
+        "train", "--world", "cc3m", *t2i_args(t2i), "--reward", "clip", "--steps", "2",
+        "--captions", str(pairs),
+        "--clip-model", str(t2i / "clip.json"), "--clip-weights", str(t2i / "clip.safetensors"),
+        "--episodes", "4", "--num-envs", "4", "--episodes-per-update", "4", "--eval-episodes", "4",
+        "--save-every", "1", "--run-dir", str(run),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["prompts"]["count"] == 6
+    assert main(["train", "--resume", str(run), "--episodes", "8"]) == 0
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["episodes"] == 8
+    (pairs / "0005.txt").write_text("another caption\n", encoding="utf-8")  # same count, other prompts
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--episodes", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another prompt list" in err, err
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["episodes"] == 8  # kept
+
+
+def test_bad_text_inputs_are_one_line(t2i, tmp_path, capsys):
+    from helpers import tiny_model_args, write_tiny_weights
+
+    broken = write_caption_folder(tmp_path / "broken", CAPTIONS[:4])
+    (broken / "0002.png").write_bytes(b"not an image")
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"embed_dim": 16, "vision_cfg": {}, "text_cfg": {"wdth": 3}})
+    )
+    write_tiny_weights(tmp_path)
+    ev = ["eval", *t2i_args(t2i), "--device", "cpu", "-n", "4", "--policy", "autonat-l-t8",
+          "--inception", str(t2i / "inception.pth")]  # fmt: skip
+    cases = [
+        ([*ev, "--captions", str(broken)], "cannot be read"),
+        (
+            [
+                *ev,
+                "--captions",
+                str(t2i / "captions"),
+                "--clip-model",
+                str(tmp_path / "bad.json"),
+                "--clip-weights",
+                str(t2i / "clip.safetensors"),
+            ],
+            "not an open-clip model config",
+        ),
+        (
+            [
+                "train",
+                *tiny_model_args(tmp_path),
+                "--captions",
+                str(t2i / "captions"),
+                "--episodes",
+                "4",
+                "--num-envs",
+                "4",
+                "--run-dir",
+                str(tmp_path / "r"),
+            ],
+            "class-conditional",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_clip_text_embeddings_are_bounded_and_order_free(t2i):
+    """A long text list is embedded on demand, the most recent kept; a short one up front; an
+    embedding does not depend on what was asked before it."""
+    from adanat.clip_score import PRECOMPUTED, ClipSimilarity, load_clip
+
+    model, tokenizer = load_clip(str(t2i / "clip.json"), t2i / "clip.safetensors")
+    short = ClipSimilarity(model, tokenizer, CAPTIONS)
+    assert len(short._text) == len(CAPTIONS)
+    texts = [f"caption number {i}" for i in range(PRECOMPUTED + 1)]
+    long = ClipSimilarity(model, tokenizer, texts, cache_size=3)
+    assert len(long._text) == 0
+    a = long.text_embeddings(torch.tensor([5, 7]))  # (2, E)
+    long.text_embeddings(torch.tensor([1, 2, 3]))
+    assert len(long._text) == 3 and 5 not in long._text
+    again = long.text_embeddings(torch.tensor([7, 5]))
+    assert torch.equal(again, a.flip(0))

@@ -387,6 +387,9 @@ def _release_controllers(
         raise UsageError(f"{where} with another generator than {models.generator_file}")
     if meta.get("tokenizer_sha256") not in (None, sha256_of(models.tokenizer_file)):
         raise UsageError(f"{where} with another tokenizer than {models.tokenizer_file}")
+    text = models.text_encoder_file
+    if meta.get("text_encoder_sha256") not in (None, None if text is None else sha256_of(text)):
+        raise UsageError(f"{where} with another text encoder than {text}")
     if meta.get("reuse") not in (None, args.reuse):
         flag = "--reuse" if meta["reuse"] else "--no-reuse"
         raise UsageError(f"{where} with feature reuse {'on' if meta['reuse'] else 'off'}; pass {flag}")

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reference-n",
         type=common.positive_int,
-        help="shapes: held-out images for the reference (default: --n)",
+        help="shapes: held-out images for the reference; --captions: captioned images (default: --n)",
     )
     p.add_argument("--inception", type=Path, help="torch-fidelity Inception-v3 weights (.pth/.safetensors)")
     p.add_argument(
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{flag} {n} at --batch-size {args.batch_size} gives fewer batches than the "
                     f"{shard.world_size} processes; lower --batch-size"
                 )
+        clip = clip_similarity(args, prompts, device)  # refused before the generator loads
         models, sampler = common.load_sampler(args, device, prompts)
         make_controller, steps, policy_info = common.policy_controllers(
             args, schedule, target, models, sampler
@@ -137,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
             reference = caption_reference(captions, space, request)
         else:
             reference = target.reference("evaluation", space, request)
-        scoring = evaluation.Scoring(
-            space, reference, target.class_accuracy, clip_similarity(args, prompts, device)
-        )
+        scoring = evaluation.Scoring(space, reference, target.class_accuracy, clip)
         spec = evaluation.SampleSpec(args.n, steps, args.seed, args.batch_size)
         bounds = batch_bounds(args.n, args.batch_size)
         share = sum(len(bounds[j]) for j in shard.batches(len(bounds)))  # this process's images
@@ -218,11 +217,16 @@ def text_config(
     """The report's text fields: the text encoder, where the prompts came from, the CLIP model."""
     if prompts is None:
         return {}
-    source = args.captions or args.prompts_file or "--prompts"
+    from adanat.prompts import prompts_digest
+
+    text = models.text_encoder_file
+    source = args.captions or args.prompts_file
     return {
-        "text_encoder": str(models.text_encoder_file or "cache"),
-        "prompts": str(source),
+        "text_encoder": str(text),
+        "text_encoder_sha256": None if text is None else sha256_of(text),
+        "prompts": str(source) if source is not None else prompts,  # a --prompts list as given
         "num_prompts": len(prompts),
+        "prompts_sha256": prompts_digest(prompts),
         "clip_model": args.clip_model if args.clip_weights is not None else None,
         "clip_weights": None if args.clip_weights is None else str(args.clip_weights),
     }

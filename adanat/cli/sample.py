@@ -61,7 +61,7 @@ def text_info(models: LoadedModels, prompts: list[str] | None, ids: list[int]) -
     if prompts is None:
         return {}
     return {
-        "text_encoder": str(models.text_encoder_file or "cache"),
+        "text_encoder": str(models.text_encoder_file),
         "prompt_list": prompts,
         "prompts": [prompts[i] for i in ids],
     }

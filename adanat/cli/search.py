@@ -76,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     target.check_reference(args.reference)
     values = args.search_flags.values(args)
     name = values.pop("name", None) or f"autonat-{args.preset}-t{steps}"
-    cfg = SearchConfig(steps=steps, name=name, precision=args.precision, reuse=args.reuse, **values)
+    from adanat.prompts import prompts_digest
+
+    digest = None if prompts is None else prompts_digest(prompts)
+    cfg = SearchConfig(
+        steps=steps, name=name, precision=args.precision, reuse=args.reuse, prompts_sha256=digest, **values
+    )
     out = args.out or Path("runs") / f"search-{name}"
     _check_folder(out)
     state = search.start_state(cfg, out)  # refuses a folder searched with other settings

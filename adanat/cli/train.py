@@ -167,6 +167,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
                 "landing on an update the entry before holds moves to the next update)",
             ),
             Flag("action_cost", type=finite_float, default=None, default_help=_per_world("action_cost")),
+            Flag("minibatch", type=positive_int),
             Flag("eval_every", type=positive_int),
             Flag("eval_episodes", type=positive_int),
             Flag(
