@@ -1,12 +1,20 @@
-"""Behaviour pins: fixed-seed runs of the real commands give bit-identical outputs release after release.
+"""Behaviour pins: fixed-seed runs of the real commands give the outputs of main release after release.
 
-The expected digests in ``tests/data/behaviour.json`` were recorded on ``main`` before the round-2
+The expected values in ``tests/data/behaviour.json`` were recorded on ``main`` before the round-2
 restructuring (commit 527add3: this file run there with ``--write``; ``python
 tests/test_behaviour.py --write`` records them again, which only a change meant to alter outputs
 may do, saying so in its commit). Each case runs the command as a
 user would, on the shipped ``shapes`` world, and digests what it wrote: image pixels, the
 controls used, metrics, a one-update schedule search, the trained policy's tensors, the printed
-numbers, and the images of the exported policy (mean and sampled actions) through ``adanat sample``.
+numbers, and the controls of the exported policy (mean and sampled actions) through ``adanat sample``.
+
+What generation alone decides (pixels, controls of a schedule, the base schedule's numbers) is
+pinned bit for bit. What training decides is pinned within a tolerance: float32 matrix products
+round differently on different CPUs (the same commit gave an exported policy 1e-4 apart, at most,
+on two x86 machines, and an FID selection 0.03 apart after two updates), so the trained tensors are
+pinned by fingerprints (sum, norm and a fixed signed projection) to 2e-4 x sqrt(size), the printed
+rewards to 0.01 and the policies' FIDs to 0.05; metrics of a network other than the generator
+(Inception's score) to a relative 1e-6.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -51,8 +60,15 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tensor_digests(path: Path) -> dict[str, str]:
-    return {k: _sha(v.contiguous().numpy().tobytes()) for k, v in sorted(load_file(str(path)).items())}
+def _tensor_fingerprints(path: Path) -> dict[str, dict[str, Any]]:
+    """Shape, dtype, sum, norm and a projection on fixed random signs, per tensor."""
+    out = {}
+    for k, v in sorted(load_file(str(path)).items()):
+        flat = v.double().flatten()  # (N,)
+        signs = torch.randint(0, 2, flat.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (N,)
+        stats = [float(flat.sum()), float(flat.norm()), float((flat * signs).sum())]
+        out[k] = {"shape": list(v.shape), "dtype": str(v.dtype), "stats": stats}
+    return out
 
 
 def _samples(out: Path) -> dict[str, Any]:
@@ -95,9 +111,9 @@ def train_digest(cwd: Path) -> dict[str, Any]:
     best = json.loads((run / "best.json").read_text())
     return {
         "printed": [list(p) for p in printed],
-        "policy": _tensor_digests(run / "policy" / "policy.safetensors"),
-        "best_policy": _tensor_digests(run / "best" / "policy.safetensors"),
-        "checkpoint": _tensor_digests(run / "checkpoint" / "policy.safetensors"),
+        "policy": _tensor_fingerprints(run / "policy" / "policy.safetensors"),
+        "best_policy": _tensor_fingerprints(run / "best" / "policy.safetensors"),
+        "checkpoint": _tensor_fingerprints(run / "checkpoint" / "policy.safetensors"),
         "best": {k: best[k] for k in ("fid", "base_fid", "updates", "episodes")},
         "policy_samples": _policy_samples(run / "policy", cwd),
     }
@@ -109,7 +125,8 @@ def _policy_samples(policy: Path, cwd: Path) -> dict[str, Any]:
     for name, extra in (("mean", []), ("stochastic", ["--stochastic"])):
         args = ["-m", "adanat", "sample", "--preset", "shapes", "--policy", str(policy), "--n", "4"]
         _run([*args, "--seed", "2", "--device", "cpu", *extra, "--out", str(cwd / name)], cwd)
-        out[name] = _samples(cwd / name)
+        meta = json.loads((cwd / name / "samples.json").read_text())
+        out[name] = {"labels": meta["labels"], "controls": meta["controls"]}
     return out
 
 
@@ -126,7 +143,48 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fixed_seed_outputs_are_those_of_main(case, tmp_path):
     expected = json.loads(EXPECTED.read_text())[case]
-    assert CASES[case](tmp_path) == expected
+    got = CASES[case](tmp_path)
+    if case == "train":
+        _same_training(got, expected)
+    elif case in ("eval", "search"):
+        assert got == _approx(expected, rel=1e-6)
+    else:
+        assert got == expected
+
+
+def _approx(value: Any, rel: float = 0.0, abs: float = 0.0) -> Any:
+    """``value`` with every float compared within the tolerances, everything else exactly."""
+    if isinstance(value, float):
+        return pytest.approx(value, rel=rel, abs=abs)
+    if isinstance(value, list):
+        return [_approx(v, rel, abs) for v in value]
+    if isinstance(value, dict):
+        return {k: _approx(v, rel, abs) for k, v in value.items()}
+    return value
+
+
+def _same_training(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    for key in ("policy", "best_policy", "checkpoint"):
+        assert got[key].keys() == expected[key].keys(), key
+        for name, want in expected[key].items():
+            have = got[key][name]
+            assert (have["shape"], have["dtype"]) == (want["shape"], want["dtype"]), name
+            size = float(np.prod(want["shape"]))
+            assert have["stats"] == pytest.approx(want["stats"], abs=2e-4 * size**0.5), (key, name)
+    # held-out rewards of the base and the policy, then the FIDs of the base, the final and the best
+    tolerances = (0.01, 0.01, 1e-3, 0.05, 0.05)
+    pairs = zip(got["printed"], expected["printed"], tolerances, strict=True)
+    for (label, have), (want_label, want), tol in pairs:
+        assert label == want_label
+        assert float(have) == pytest.approx(float(want), abs=tol), label
+    best, want = got["best"], expected["best"]
+    assert (best["updates"], best["episodes"]) == (want["updates"], want["episodes"])
+    assert best["base_fid"] == pytest.approx(want["base_fid"], rel=1e-6)
+    assert best["fid"] == pytest.approx(want["fid"], abs=0.05)
+    for mode in ("mean", "stochastic"):
+        assert got["policy_samples"][mode]["labels"] == expected["policy_samples"][mode]["labels"]
+        controls = expected["policy_samples"][mode]["controls"]
+        assert got["policy_samples"][mode]["controls"] == _approx(controls, abs=2e-3), mode
 
 
 if __name__ == "__main__":
