@@ -12,7 +12,7 @@ from adanat.assets import AssetError, asset_dir, read_manifest, sha256_of, verif
 from adanat.cli import main
 from adanat.policies import builtin_policy, builtin_policy_names, policy_entry
 
-SHIPPED = ["adanat-shapes-t4"]
+SHIPPED = ["adanat-shapes-t4", "adanat-shapes-t8"]
 
 
 def test_shipped_policies_match_their_manifest_and_the_shipped_weights():
