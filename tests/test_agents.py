@@ -166,10 +166,11 @@ def test_train_policy_defaults_per_world():
 
     shapes = script.config_from_args(script.parse([]))
     assert shapes.updates == 128 and shapes.std_schedule == ((0, 0.6), (32, 0.3))
-    assert shapes.action_cost == 0.05 and shapes.env.reward_options.minibatch_std == 4
-    assert shapes.env.reward_options.discriminator.updates_per_round == 20 and shapes.select_fid == 1000
+    assert shapes.action_cost == 0.2 and shapes.env.reward_options.minibatch_std == 4
+    assert shapes.env.reward_options.discriminator.updates_per_round == 20 and shapes.select_fid == 2000
+    assert shapes.learning_rate == 1e-4
     imagenet = script.config_from_args(script.parse(["--env", "in256", "--episodes", "128000"]))
-    assert imagenet.std_schedule == ((0, 0.6), (500, 0.3))
+    assert imagenet.std_schedule == ((0, 0.6), (500, 0.3)) and imagenet.learning_rate == 3e-4
     assert imagenet.action_cost == 0.0 and imagenet.env.reward_options.minibatch_std == 0
     assert imagenet.env.reward_options.discriminator.updates_per_round == 5
     assert imagenet.select_fid == 0  # no shipped FID reference: selection needs --fid-reference

@@ -47,6 +47,8 @@ SEARCH += ["--batch-size", "40", "--seed", "1", "--device", "cpu"]
 TRAIN = [str(ROOT / "scripts" / "train_policy.py"), "--episodes", "128", "--num-envs", "32"]
 TRAIN += ["--episodes-per-update", "64", "--eval-episodes", "32", "--select-fid", "64", "--eval-every", "2"]
 TRAIN += ["--action-std", "0:0.6,50%:0.3", "--seed", "0", "--device", "cpu"]
+# the shapes defaults of the time (since then: action cost 0.2, lr 1e-4), so that the pins still hold
+TRAIN += ["--action-cost", "0.05", "--lr", "3e-4"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

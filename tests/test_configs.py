@@ -13,6 +13,7 @@ import pytest
 from adanat.agents.config import PolicyTraining
 from adanat.configs import Flag, add_flags, field_help, from_dict, to_dict
 from adanat.envs.spec import EnvConfig
+from adanat.presets import world_preset
 from adanat.rewards.adversarial import DiscriminatorTraining
 from adanat.rewards.registry import RewardOptions
 
@@ -159,8 +160,9 @@ def test_train_flags_come_from_the_config_fields():
 
     args = train.parse([])
     assert args.num_envs == PolicyTraining.num_envs
-    assert args.learning_rate is None  # resolved after parsing: --recipe's, else the field's
-    assert train.config_from_args(args).learning_rate == PolicyTraining.learning_rate
+    assert args.learning_rate is None  # resolved after parsing: --recipe's, else the world's
+    shapes = world_preset("shapes").policy_training.learning_rate
+    assert train.config_from_args(args).learning_rate == shapes != PolicyTraining.learning_rate
     assert args.world == EnvConfig.world and args.clip_model == RewardOptions.clip_model
     assert train.parse(["--env", "in256"]).world == "in256" == train.parse(["--world", "in256"]).world
     assert train.parse(["--disc-updates", "7"]).updates_per_round == 7

@@ -33,8 +33,8 @@ def test_recipe_fills_what_no_flag_gives_and_flags_still_win():
     assert cfg.env.reward_options.discriminator.updates_per_round == 7
     assert cfg.env.reward_options.minibatch_std == 4
     plain = config_from_args(parse(["--world", "shapes"]))  # without it: the world's and the defaults
-    assert (plain.episodes_per_update, plain.learning_rate) == (128, 3e-4)
-    assert plain.env.reward_options.minibatch_std == 4 and plain.action_cost == 0.05
+    assert (plain.episodes_per_update, plain.learning_rate) == (128, 1e-4)
+    assert plain.env.reward_options.minibatch_std == 4 and plain.action_cost == 0.2
 
 
 def test_rollout_buffer_of_the_recipe_on_enat_l_and_its_refusal(monkeypatch):

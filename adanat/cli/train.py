@@ -154,7 +154,7 @@ def add_arguments(p: argparse.ArgumentParser) -> TrainFlags:
                 ("--lr",),
                 type=finite_float,
                 default=None,
-                default_help=f"{PolicyTraining.learning_rate}; the recipe's with --recipe",
+                default_help=_per_world("learning_rate") + "; the recipe's with --recipe",
             ),
             Flag(
                 "std_schedule",
@@ -292,6 +292,7 @@ def resolve_world_defaults(a: argparse.Namespace) -> argparse.Namespace:
         ("action_cost", "action_cost"),
         ("updates_per_round", "disc_updates"),
         ("minibatch_std", "minibatch_std"),
+        ("learning_rate", "learning_rate"),
     ):
         if getattr(out, dest) is None:
             setattr(out, dest, getattr(defaults, name))
