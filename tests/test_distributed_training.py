@@ -63,8 +63,9 @@ def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 # Scalars the discriminator decides. Its Adam updates (20 a round) carry forward the summation-order
 # differences of two processes' gathered batches against one process's: on an AMX Xeon its scores
-# and the rewards read from them were up to 1.5e-4 apart (3e-3 relative) after three rounds, while
-# every scalar the policy decides stayed within 1e-6 relative (on an earlier machine, all of them).
+# and the rewards read from them were up to 1.5e-4 apart (3e-3 relative) after three rounds, and its
+# accuracy once counted one image of 640 otherwise (1.6e-3), while every scalar the policy decides
+# stayed within 1e-6 relative (on an earlier machine, all of them). Within 5e-3: three images of 640.
 DISCRIMINATOR_TAGS = ("disc/", "reward/", "eval/reward_", "rollout/ep_rew_mean")
 
 
@@ -80,7 +81,7 @@ def _same_run(one: Path, two: Path, tol: float) -> None:
     assert sa.keys() == sb.keys() and "disc/loss" in sa and "eval/fid_policy" in sa
     for tag, values in sa.items():
         assert [s for s, _ in values] == [s for s, _ in sb[tag]], tag
-        close = {"abs": 1e-3} if tag.startswith(DISCRIMINATOR_TAGS) else {"rel": 10 * tol, "abs": tol}
+        close = {"abs": 5e-3} if tag.startswith(DISCRIMINATOR_TAGS) else {"rel": 10 * tol, "abs": tol}
         assert [v for _, v in values] == pytest.approx([v for _, v in sb[tag]], **close), tag
     best_a, best_b = json.loads((one / "best.json").read_text()), json.loads((two / "best.json").read_text())
     assert best_a["updates"] == best_b["updates"] and best_a["fid"] == pytest.approx(best_b["fid"], rel=1e-6)
