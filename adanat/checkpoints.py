@@ -61,18 +61,23 @@ def _torch_load(path: Path) -> object:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def key_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """``"2 missing (e.g. a, b); 1 unexpected (e.g. c)"``: a key mismatch said in one line."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(parts)
+
+
 def check_keys(module: nn.Module, state_dict: dict[str, Tensor], what: str) -> None:
     """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the module's keys and shapes."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError(f"{what} keys do not match the preset: {'; '.join(parts)}")
+        raise CheckpointError(f"{what} keys do not match the preset: {key_mismatch(missing, unexpected)}")
     for k, shape in expected.items():
         if tuple(state_dict[k].shape) != shape:
             raise CheckpointError(

@@ -32,7 +32,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import Tensor, nn
 
-from adanat.checkpoints import CheckpointError, read_state_dict
+from adanat.checkpoints import CheckpointError, key_mismatch, read_state_dict
 
 DEFAULT_ARCH = "ViT-bigG-14"
 """open-clip architecture of AdaNAT's CC3M text encoder (pretrained tag ``laion2b_s39b_b160k``)."""
@@ -355,12 +355,7 @@ def _check(encoder: TextEncoder, sd: dict[str, Tensor], names: dict[str, str], w
             "it; give a CLIPTextModelWithProjection, CLIPModel or open-clip file"
         )
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise TextEncoderError(f"{where}: text keys do not fit {label}: {'; '.join(parts)}")
+        raise TextEncoderError(f"{where}: text keys do not fit {label}: {key_mismatch(missing, unexpected)}")
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
             raise TextEncoderError(

@@ -5,6 +5,7 @@ commands on a tiny random text-conditional U-ViT + tiny open-clip text tower + t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,13 +283,19 @@ def test_prompts_and_classes_are_refused_where_they_do_not_fit(t2i, tmp_path, ca
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
-@pytest.mark.e2e
-def test_eval_on_a_caption_folder_reports_fid_clip_score_and_controls(t2i, tmp_path):
-    args = [
-        "eval", *t2i_args(t2i), "--device", "cpu", "-n", "6", "--batch-size", "3", "--policy", "autonat-l-t8",
-        "--captions", str(t2i / "captions"), "--inception", str(t2i / "inception.pth"),
+def _caption_eval_args(t2i: Path, n: int, batch: int) -> list[str]:
+    """``adanat eval`` of the base schedule on the tiny caption folder, with FID and CLIP score."""
+    return [
+        "eval", *t2i_args(t2i), "--device", "cpu", "-n", str(n), "--batch-size", str(batch),
+        "--policy", "autonat-l-t8", "--captions", str(t2i / "captions"),
+        "--inception", str(t2i / "inception.pth"),
         "--clip-model", str(t2i / "clip.json"), "--clip-weights", str(t2i / "clip.safetensors"),
     ]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_eval_on_a_caption_folder_reports_fid_clip_score_and_controls(t2i, tmp_path):
+    args = _caption_eval_args(t2i, n=6, batch=3)
     assert main([*args, "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     m = report["metrics"]
@@ -421,11 +428,7 @@ def test_text_eval_under_torchrun_equals_one_process(t2i, tmp_path):
     import subprocess
     import sys
 
-    args = [
-        "eval", *t2i_args(t2i), "--device", "cpu", "-n", "4", "--batch-size", "2", "--policy", "autonat-l-t8",
-        "--captions", str(t2i / "captions"), "--inception", str(t2i / "inception.pth"),
-        "--clip-model", str(t2i / "clip.json"), "--clip-weights", str(t2i / "clip.safetensors"),
-    ]  # fmt: skip
+    args = _caption_eval_args(t2i, n=4, batch=2)
     assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
